@@ -1,0 +1,422 @@
+//! The typed settings tree: built-in defaults, then the TOML file, then `NURTURE__…`
+//! environment variables (double underscore between levels), then command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Every setting nurture reads. Unknown keys anywhere are an error that names the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Folder for the embedded queue, the SQLite CRM store and the outbox.
+    pub data_dir: PathBuf,
+    /// Webhook intake.
+    pub ingest: IngestSettings,
+    /// Worker loop: concurrency, leases, retries.
+    pub worker: WorkerSettings,
+    /// The built-in points model.
+    pub score: ScoreSettings,
+    /// Score bands and the channels of each track.
+    pub route: RouteSettings,
+    /// Message templates and the facts they quote.
+    pub compose: ComposeSettings,
+    /// Compliance validators.
+    pub guard: GuardSettings,
+    /// When a draft may go out without a human.
+    pub act: ActSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("nurture-data"),
+            ingest: IngestSettings::default(),
+            worker: WorkerSettings::default(),
+            score: ScoreSettings::default(),
+            route: RouteSettings::default(),
+            compose: ComposeSettings::default(),
+            guard: GuardSettings::default(),
+            act: ActSettings::default(),
+        }
+    }
+}
+
+/// Webhook intake limits and de-duplication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Largest accepted body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// A body identical to one seen within this window (same source) is a duplicate.
+    pub duplicate_window_hours: u32,
+    /// Longest accepted free-text answer, in characters; longer ones get 422.
+    pub max_answer_chars: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            duplicate_window_hours: 24,
+            max_answer_chars: 4000,
+        }
+    }
+}
+
+/// How workers take leads from the queue and retry them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Leads processed at once in this process.
+    pub concurrency: usize,
+    /// A leased lead not acknowledged within this time is handed out again.
+    pub visibility_timeout_seconds: u64,
+    /// Attempts before a lead goes to the dead-letter state.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Retry delay cap.
+    pub backoff_max_ms: u64,
+    /// How often an idle worker looks for work it was not woken for.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            visibility_timeout_seconds: 60,
+            max_attempts: 5,
+            backoff_base_ms: 500,
+            backoff_max_ms: 60_000,
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+/// The built-in, transparent points model: a base plus the points of every rule that matches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreSettings {
+    /// Points every lead starts with.
+    pub base: i64,
+    /// Rules, each adding (or taking away) points when its condition holds.
+    pub rules: Vec<ScoreRule>,
+    /// How many distinct rule fields a lead must carry for full confidence.
+    pub fields_for_full_confidence: usize,
+}
+
+impl Default for ScoreSettings {
+    fn default() -> Self {
+        Self {
+            base: 10,
+            rules: crate::ai::points::default_rules(),
+            fields_for_full_confidence: 3,
+        }
+    }
+}
+
+/// One scoring rule. Exactly one of `equals`, `contains_any`, `at_least`, `below` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRule {
+    /// Shown as the reason when the rule matches.
+    pub label: String,
+    /// `job_title`, `company`, `source`, `country`, `sector`, `company_size`,
+    /// `answers.<key>`, `behaviour.<key>` or `utm.<key>`.
+    pub field: String,
+    /// Points added when the condition holds (negative to subtract).
+    pub points: i64,
+    /// Holds when the value equals one of these (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Vec<String>>,
+    /// Holds when the value contains one of these words (case-insensitive, whole words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains_any: Option<Vec<String>>,
+    /// Holds when the value is a number at least this large.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_least: Option<f64>,
+    /// Holds when the value is a number smaller than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+}
+
+/// Score bands: below `active_from` is drip, above `hot_above` is hot, active in between.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Lowest score of the active track.
+    pub active_from: u8,
+    /// Scores above this are hot.
+    pub hot_above: u8,
+    /// Channels used per track: `email`, `sms`, `slack`.
+    pub channels: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for RouteSettings {
+    fn default() -> Self {
+        let channels = [
+            ("drip", vec!["email"]),
+            ("active", vec!["email"]),
+            ("hot", vec!["email", "sms", "slack"]),
+        ]
+        .into_iter()
+        .map(|(track, chans)| {
+            (
+                track.to_owned(),
+                chans.into_iter().map(String::from).collect(),
+            )
+        })
+        .collect();
+        Self {
+            active_from: 30,
+            hot_above: 70,
+            channels,
+        }
+    }
+}
+
+/// What the templates quote, and where marketers keep their own templates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComposeSettings {
+    /// A folder laid out like `templates/` whose files replace the built-in ones.
+    pub templates_dir: Option<PathBuf>,
+    /// The product being sold, as named in messages.
+    pub product_name: String,
+    /// The company that sends.
+    pub company_name: String,
+    /// Sender of marketing email (`Name <address>`).
+    pub email_from: String,
+    /// Where the demo invitation links to.
+    pub demo_url: String,
+    /// Where the drip track points readers for more.
+    pub resources_url: String,
+    /// Unsubscribe link; `{lead_id}` is replaced with the lead's id.
+    pub unsubscribe_url: String,
+    /// Slack channel of the sales team.
+    pub sales_slack_channel: String,
+    /// Case-study sector slug to the words that put a lead in it (matched in sector,
+    /// company and job title); the slug names `templates/case_studies/<slug>.txt`.
+    pub sectors: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for ComposeSettings {
+    fn default() -> Self {
+        let sectors = [
+            (
+                "banking",
+                vec!["bank", "banking", "insurance", "credit", "lending"],
+            ),
+            (
+                "fintech",
+                vec!["fintech", "finance", "payments", "investment", "wealth"],
+            ),
+            (
+                "software",
+                vec!["software", "saas", "it", "technology", "tech"],
+            ),
+            (
+                "education",
+                vec!["education", "student", "school", "university", "training"],
+            ),
+        ]
+        .into_iter()
+        .map(|(slug, words)| {
+            (
+                slug.to_owned(),
+                words.into_iter().map(String::from).collect(),
+            )
+        })
+        .collect();
+        Self {
+            templates_dir: None,
+            product_name: "Nurture Cloud".into(),
+            company_name: "Example Corp".into(),
+            email_from: "Example Corp <hello@example.com>".into(),
+            demo_url: "https://www.example.com/demo".into(),
+            resources_url: "https://www.example.com/resources".into(),
+            unsubscribe_url: "https://www.example.com/unsubscribe?lead={lead_id}".into(),
+            sales_slack_channel: "#sales-hot-leads".into(),
+            sectors,
+        }
+    }
+}
+
+/// Compliance validators; the built-in rule lists always apply, these extend them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardSettings {
+    /// Hosts links may point to (a host matches itself and its subdomains).
+    pub allowed_link_domains: Vec<String>,
+    /// Extra forbidden phrases (case-insensitive regular expressions).
+    pub extra_forbidden_phrases: Vec<String>,
+    /// Extra offensive words (whole words, case-insensitive).
+    pub extra_offensive_words: Vec<String>,
+    /// Longest email subject, in characters.
+    pub max_subject_chars: usize,
+    /// Longest email body, in characters.
+    pub max_email_chars: usize,
+    /// Longest SMS, in characters (two GSM segments by default).
+    pub max_sms_chars: usize,
+    /// Longest Slack message, in characters.
+    pub max_slack_chars: usize,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        Self {
+            allowed_link_domains: vec!["example.com".into()],
+            extra_forbidden_phrases: Vec::new(),
+            extra_offensive_words: Vec::new(),
+            max_subject_chars: 120,
+            max_email_chars: 4000,
+            max_sms_chars: 306,
+            max_slack_chars: 3000,
+        }
+    }
+}
+
+/// When a draft that passed every check may go out without a human.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActSettings {
+    /// Drafts whose score confidence is below this go to review.
+    pub min_confidence: f64,
+}
+
+impl Default for ActSettings {
+    fn default() -> Self {
+        Self {
+            min_confidence: 0.5,
+        }
+    }
+}
+
+/// Values given on the command line; they win over every other source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Settings that could not be loaded; the message names the key and the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or holds a bad or unknown key.
+    #[error("configuration error: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The values parse but contradict each other.
+    #[error("configuration error: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (which must exist when given), then the environment,
+    /// then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                let shown = path.display();
+                return Err(ConfigError::Invalid(format!(
+                    "config file '{shown}' not found"
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("NURTURE__").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.route.active_from > self.route.hot_above {
+            return invalid(format!(
+                "route.active_from ({}) is above route.hot_above ({})",
+                self.route.active_from, self.route.hot_above
+            ));
+        }
+        for track in ["drip", "active", "hot"] {
+            let Some(channels) = self.route.channels.get(track) else {
+                return invalid(format!("route.channels.{track} is missing"));
+            };
+            if let Some(bad) = channels
+                .iter()
+                .find(|c| !["email", "sms", "slack"].contains(&c.as_str()))
+            {
+                return invalid(format!("route.channels.{track}: unknown channel '{bad}'"));
+            }
+        }
+        if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
+            return invalid("worker.concurrency and worker.max_attempts must be at least 1".into());
+        }
+        crate::ai::points::check_rules(&self.score.rules).map_err(ConfigError::Invalid)
+    }
+
+    /// The effective settings as TOML, for `nurture config show`.
+    ///
+    /// No setting holds a secret yet; when one is added it gets a type that prints masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_in_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "[worker]\nconcurency = 3\n").unwrap();
+
+        let err = Settings::load(Some(&path), &Overrides::default()).unwrap_err();
+
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\n[route]\nhot_above = 80\n").unwrap();
+        let overrides = Overrides {
+            data_dir: Some("/tmp/y".into()),
+            ..Overrides::default()
+        };
+
+        let settings = Settings::load(Some(&path), &overrides).unwrap();
+
+        assert_eq!(settings.route.hot_above, 80);
+        assert_eq!(settings.route.active_from, 30);
+        assert_eq!(settings.data_dir, PathBuf::from("/tmp/y"));
+    }
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("nurture.example.toml");
+
+        let settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
+
+        assert_eq!(settings.listen.port(), 8080);
+    }
+}

@@ -1,0 +1,211 @@
+//! The `nurture` command: loads settings, sets up logging and metrics, and starts a part.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use nurture::config::{Overrides, Settings};
+use nurture::queue::{EmbeddedQueue, Queue};
+use nurture::replay::{ReplayOptions, load_bodies, replay};
+use nurture::{demo, server, telemetry};
+
+/// AI-assisted lead nurturing: webhook in, durable queue, score, route, write, check, send.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server, the embedded queue and the workers in one process.
+    Serve(ServerArgs),
+    /// Start the embedded default, replay the shipped bank-marketing data through it, and
+    /// print a summary.
+    Demo {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// CSV (with a built-in mapping) or JSONL file to replay.
+        #[arg(long, default_value = demo::DEFAULT_FILE)]
+        file: PathBuf,
+        /// Stop once the summary is printed.
+        #[arg(long)]
+        exit: bool,
+        /// Requests in flight during the replay.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Post leads from a JSONL file, or CSV through a column mapping, to a running server.
+    Replay {
+        /// JSONL of webhook bodies, or CSV.
+        file: PathBuf,
+        /// Server base URL or webhook URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Column mapping for CSV (TOML); the shipped ones are picked by header otherwise.
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+        /// Post at most this many leads.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Inspect settings.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Inspect or replay dead-lettered leads of the embedded queue.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print the effective settings (defaults, file, environment, flags) as TOML.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List dead-lettered leads with their reasons.
+    List,
+    /// Put dead-lettered leads back in the queue (one event id, or --all).
+    Replay {
+        /// Event id to replay.
+        event_id: Option<String>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Folder for the queue, the CRM and the outbox [default: ./nurture-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML settings file (see nurture.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let overrides = Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+        };
+        Ok(Settings::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init_logging();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = args.settings()?;
+            server::cancel_on_signal(shutdown.clone());
+            server::start(settings, shutdown).await?.wait().await
+        }
+        Command::Demo {
+            server: args,
+            file,
+            exit,
+            concurrency,
+        } => {
+            let mut settings = args.settings()?;
+            if args.data_dir.is_none() {
+                settings.data_dir = demo::fresh_data_dir(&settings.data_dir)?;
+            }
+            server::cancel_on_signal(shutdown.clone());
+            let options = demo::DemoOptions {
+                file,
+                exit,
+                concurrency,
+                drain_timeout: Duration::from_secs(600),
+            };
+            demo::run(settings, options, shutdown).await
+        }
+        Command::Replay {
+            file,
+            url,
+            mapping,
+            limit,
+            concurrency,
+        } => {
+            let bodies = load_bodies(&file, mapping.as_deref(), limit)?;
+            let options = ReplayOptions {
+                url,
+                concurrency,
+                progress: true,
+            };
+            let summary = replay(bodies, &options).await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            if summary.failed > 0 {
+                anyhow::bail!("{} leads could not be posted", summary.failed);
+            }
+            Ok(())
+        }
+        Command::Config {
+            action: ConfigAction::Show,
+            server: args,
+        } => {
+            print!("{}", args.settings()?.to_toml());
+            Ok(())
+        }
+        Command::Dlq {
+            action,
+            server: args,
+        } => {
+            let settings = args.settings()?;
+            let queue = EmbeddedQueue::open(&settings.data_dir, settings.worker.clone()).await?;
+            match action {
+                DlqAction::List => {
+                    for letter in queue.dead_letters(10_000).await? {
+                        println!(
+                            "{}\tattempts={}\t{}",
+                            letter.event_id, letter.attempts, letter.reason
+                        );
+                    }
+                }
+                DlqAction::Replay { event_id, all } => {
+                    if event_id.is_none() && !all {
+                        anyhow::bail!("name an event id or pass --all");
+                    }
+                    let count = queue.replay_dead(event_id.as_deref()).await?;
+                    println!("{count} dead letters back in the queue");
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The durable queue between ingest and the workers: the `Queue` trait and its backends.
+
+pub mod backoff;
+pub mod embedded;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use embedded::EmbeddedQueue;
+
+/// A lead ready to be queued, with the keys that make its delivery idempotent.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Id given to this delivery (returned in the 202).
+    pub event_id: String,
+    /// Keys that identify the same delivery arriving again (idempotency key, body hash).
+    pub dedup_keys: Vec<DedupKey>,
+    /// The serialised `LeadEvent`.
+    pub payload: Vec<u8>,
+}
+
+/// One way of recognising a repeated delivery.
+#[derive(Debug, Clone)]
+pub struct DedupKey {
+    /// The key text (`idem:…` or `body:…`).
+    pub key: String,
+    /// How long the key is remembered; `None` is forever.
+    pub ttl_ms: Option<i64>,
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Committed; the worker will see it.
+    Queued { event_id: String },
+    /// Seen before; nothing was queued. Carries the first delivery's event id.
+    Duplicate { event_id: String },
+}
+
+/// A message handed to a worker under a lease.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Backend handle used to ack or retry (row id, delivery tag).
+    pub handle: i64,
+    /// The event id the message was queued with.
+    pub event_id: String,
+    /// The serialised `LeadEvent`, untrusted until parsed.
+    pub payload: Vec<u8>,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+}
+
+/// What `retry` did with a failed delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Retried {
+    /// It comes back after this delay.
+    Scheduled { delay_ms: u64 },
+    /// It ran out of attempts and now waits in the dead-letter state.
+    DeadLettered,
+}
+
+/// Counts for `/api/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QueueStats {
+    /// Deliveries accepted (each queued once).
+    pub received: u64,
+    /// Repeated deliveries answered as duplicates.
+    pub duplicates: u64,
+    /// Messages in the dead-letter state.
+    pub dead_lettered: u64,
+    /// Messages waiting or leased.
+    pub depth: u64,
+}
+
+/// A dead-lettered message, as `nurture dlq list` would show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// Backend handle.
+    pub handle: i64,
+    /// The event id it was queued with.
+    pub event_id: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// The last failure.
+    pub reason: String,
+}
+
+/// The queue failed; ingest answers 503 and workers back off.
+#[derive(Debug, thiserror::Error)]
+#[error("queue unavailable: {0}")]
+pub struct QueueError(pub String);
+
+impl From<sqlx::Error> for QueueError {
+    fn from(e: sqlx::Error) -> Self {
+        QueueError(e.to_string())
+    }
+}
+
+/// A durable queue with leases, retries and a dead-letter state.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Commits a message unless one of its dedup keys was seen; returns only once durable.
+    async fn enqueue(&self, message: NewMessage) -> Result<Enqueued, QueueError>;
+
+    /// Leases the next ready message, if any.
+    async fn lease(&self) -> Result<Option<Delivery>, QueueError>;
+
+    /// Waits until work may be ready (woken by an enqueue, or after `max_wait`).
+    async fn wait_for_work(&self, max_wait: std::time::Duration);
+
+    /// Removes a message whose effects are committed.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
+
+    /// Schedules another attempt with backoff, or dead-letters after the last attempt.
+    async fn retry(&self, delivery: &Delivery, reason: &str) -> Result<Retried, QueueError>;
+
+    /// Moves a message that can never succeed straight to the dead-letter state.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError>;
+
+    /// Lists dead-lettered messages, oldest first.
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Counts for the read side.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+}

@@ -1,0 +1,78 @@
+//! Logs and metrics. Logs go to stderr through `tracing` and carry lead and event ids, never
+//! contact data or message text. Metrics are exposed in Prometheus text format at `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::pipeline::Handled;
+
+/// Sends logs to stderr; `RUST_LOG` overrides the default `info` level.
+pub fn init_logging() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("nurture_e2e_latency_seconds".into()),
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ],
+            )
+            .expect("bucket list is not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only when another recorder was installed first (an embedding program's);
+        // then ours still renders, just without the counters routed elsewhere.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Counts a webhook delivery that was queued.
+pub fn lead_received() {
+    metrics::counter!("nurture_leads_received_total").increment(1);
+}
+
+/// Counts a repeated delivery that was not queued.
+pub fn lead_duplicate() {
+    metrics::counter!("nurture_leads_duplicate_total").increment(1);
+}
+
+/// Counts a refused request by its error code.
+pub fn lead_rejected(code: &'static str) {
+    metrics::counter!("nurture_leads_rejected_total", "code" => code).increment(1);
+}
+
+/// Counts a lead sent to the dead-letter state.
+pub fn lead_dead_lettered() {
+    metrics::counter!("nurture_leads_dead_lettered_total").increment(1);
+}
+
+/// Records a handled lead: counter by track and outcome, end-to-end latency, guard blocks.
+/// A delivery already finished by an earlier attempt is not counted again.
+pub fn lead_handled(handled: &Handled) {
+    if !handled.is_first_finish {
+        return;
+    }
+    let labels = [
+        ("track", handled.track.as_str()),
+        ("outcome", handled.outcome.as_str()),
+    ];
+    metrics::counter!("nurture_leads_processed_total", &labels).increment(1);
+    metrics::histogram!("nurture_e2e_latency_seconds").record(handled.latency_ms as f64 / 1000.0);
+    for rule in &handled.blocked_by {
+        metrics::counter!("nurture_guard_blocks_total", "rule" => *rule).increment(1);
+    }
+}
