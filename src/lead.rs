@@ -350,7 +350,7 @@ mod tests {
             Score::new(142).unwrap_err().0,
             "invalid score '142', expected 1..=100"
         );
-        assert_eq!(Score::new(0).is_err(), true);
+        assert!(Score::new(0).is_err());
         assert_eq!(Score::clamped(250).value(), 100);
     }
 }

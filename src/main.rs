@@ -96,13 +96,13 @@ enum DlqAction {
 #[derive(Debug, Args, Clone)]
 struct ServerArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long)]
+    #[arg(long, global = true)]
     listen: Option<SocketAddr>,
     /// Folder for the queue, the CRM and the outbox [default: ./nurture-data].
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// TOML settings file (see nurture.example.toml).
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
 }
 

@@ -1,0 +1,195 @@
+//! Shared test harness: starts the real server on a free port with a temporary data dir,
+//! posts webhooks over HTTP, and waits for conditions with a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nurture::config::Settings;
+use nurture::server::{self, Running};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// A server running in this process on its own data dir.
+pub struct TestApp {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    pub running: Option<Running>,
+}
+
+/// Settings for a test: port 0, a fresh temp dir, fast polling.
+pub fn test_settings(dir: &Path) -> Settings {
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Settings::default()
+    };
+    settings.worker.poll_interval_ms = 20;
+    settings
+}
+
+impl TestApp {
+    /// Starts with default settings, after `adjust` had its say.
+    pub async fn start(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = test_settings(dir.path());
+        adjust(&mut settings);
+        let running = server::start(settings, CancellationToken::new())
+            .await
+            .unwrap();
+        Self {
+            base: format!("http://{}", running.addr),
+            dir,
+            client: reqwest::Client::new(),
+            running: Some(running),
+        }
+    }
+
+    /// Posts raw bytes with a content type; returns status and JSON body (Null if none).
+    pub async fn post_raw(&self, body: impl Into<Vec<u8>>, content_type: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/webhook/lead-in", self.base))
+            .header("content-type", content_type)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Posts a JSON body.
+    pub async fn post(&self, body: &Value) -> (u16, Value) {
+        self.post_raw(serde_json::to_vec(body).unwrap(), "application/json")
+            .await
+    }
+
+    /// GETs a path and parses JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs a path as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `processed + dead_lettered` reaches `count` and the queue is empty.
+    pub async fn wait_processed(&self, count: u64) -> Value {
+        let last = std::sync::Mutex::new(Value::Null);
+        let reached = wait_for(Duration::from_secs(60), || async {
+            let (_, stats) = self.get("/api/stats").await;
+            let done = stats["processed"].as_u64().unwrap_or(0)
+                + stats["dead_lettered"].as_u64().unwrap_or(0);
+            let ok = done >= count && stats["queue_depth"] == 0;
+            *last.lock().unwrap() = stats;
+            ok
+        })
+        .await;
+        let last = last.into_inner().unwrap();
+        assert!(reached, "pipeline did not reach {count} processed: {last}");
+        last
+    }
+
+    /// Where a handled event stands, once it has been processed.
+    pub async fn processed_event(&self, event_id: &str) -> Value {
+        let last = std::sync::Mutex::new(Value::Null);
+        let reached = wait_for(Duration::from_secs(30), || async {
+            let (status, body) = self.get(&format!("/api/events/{event_id}")).await;
+            let ok = status == 200 && !body["outcome"].is_null();
+            *last.lock().unwrap() = body;
+            ok
+        })
+        .await;
+        let last = last.into_inner().unwrap();
+        assert!(reached, "event {event_id} was not processed: {last}");
+        last
+    }
+
+    /// The lead behind a processed event.
+    pub async fn lead_of(&self, event_id: &str) -> Value {
+        let status = self.processed_event(event_id).await;
+        let (code, lead) = self.get(&format!("/api/leads/{}", status["lead_id"])).await;
+        assert_eq!(code, 200);
+        lead
+    }
+
+    /// Files under `outbox/<channel>`.
+    pub fn outbox_files(&self, channel: &str) -> Vec<PathBuf> {
+        outbox_files(self.dir.path(), channel)
+    }
+
+    /// Stops the server and its workers cleanly.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
+        }
+    }
+}
+
+/// Files under `<data_dir>/outbox/<channel>`, sorted.
+pub fn outbox_files(data_dir: &Path, channel: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join("outbox").join(channel))
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_for<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `../shared/data/<relative>` beside the repository. In CI its absence fails the test; on a
+/// laptop without it the caller skips with a loud line.
+pub fn shared_data(relative: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "shared data {} is missing in CI",
+        path.display()
+    );
+    eprintln!("SKIPPING: shared data {} is not here", path.display());
+    None
+}
+
+/// A flat-shorthand lead with marketing consent.
+pub fn flat_lead(email: &str) -> Value {
+    serde_json::json!({ "email": email, "name": "Test Person", "job_title": "Analyst", "source": "google", "consent": true })
+}

@@ -1,0 +1,124 @@
+//! The dead-letter path: a stage that always fails, and a message that can never be parsed,
+//! end in the dead-letter state with their reasons while the leads behind them keep flowing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nurture::config::WorkerSettings;
+use nurture::pipeline::{Handled, Handler, Outcome, StageError, Track, run_workers};
+use nurture::queue::{DedupKey, EmbeddedQueue, NewMessage, Queue};
+use tokio_util::sync::CancellationToken;
+
+/// Fails every payload that says "fail"; handles the rest.
+struct FlakyStage {
+    calls_on_failing: AtomicU32,
+}
+
+#[async_trait]
+impl Handler for FlakyStage {
+    async fn handle(&self, payload: &[u8]) -> Result<Handled, StageError> {
+        if payload == b"fail" {
+            self.calls_on_failing.fetch_add(1, Ordering::SeqCst);
+            return Err(StageError::Retry("crm enrichment timed out".into()));
+        }
+        if payload == b"poison" {
+            return Err(StageError::Permanent(
+                "unparseable queue message: EOF".into(),
+            ));
+        }
+        Ok(Handled {
+            lead_id: 1,
+            track: Track::Drip,
+            outcome: Outcome::Sent,
+            blocked_by: Vec::new(),
+            latency_ms: 1,
+            is_first_finish: true,
+        })
+    }
+}
+
+fn message(event_id: &str, payload: &[u8]) -> NewMessage {
+    NewMessage {
+        event_id: event_id.into(),
+        dedup_keys: vec![DedupKey {
+            key: event_id.into(),
+            ttl_ms: None,
+        }],
+        payload: payload.to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn a_stage_that_always_fails_ends_in_the_dead_letter_queue_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = WorkerSettings {
+        concurrency: 2,
+        max_attempts: 4,
+        backoff_base_ms: 5,
+        backoff_max_ms: 20,
+        poll_interval_ms: 5,
+        ..WorkerSettings::default()
+    };
+    let queue = Arc::new(
+        EmbeddedQueue::open(dir.path(), settings.clone())
+            .await
+            .unwrap(),
+    );
+    queue
+        .enqueue(message("always-fails", b"fail"))
+        .await
+        .unwrap();
+    queue.enqueue(message("poison", b"poison")).await.unwrap();
+    for i in 0..20 {
+        queue
+            .enqueue(message(&format!("good-{i}"), b"ok"))
+            .await
+            .unwrap();
+    }
+    let stage = Arc::new(FlakyStage {
+        calls_on_failing: AtomicU32::new(0),
+    });
+    let shutdown = CancellationToken::new();
+    let mut workers = run_workers(queue.clone(), stage.clone(), &settings, shutdown.clone());
+
+    let drained = common_wait(|| async { queue.stats().await.unwrap().depth == 0 }).await;
+    shutdown.cancel();
+    while workers.join_next().await.is_some() {}
+
+    assert!(
+        drained,
+        "queue never drained: {:?}",
+        queue.stats().await.unwrap()
+    );
+    let letters = queue.dead_letters(10).await.unwrap();
+    let summary: Vec<(&str, u32, &str)> = letters
+        .iter()
+        .map(|l| (l.event_id.as_str(), l.attempts, l.reason.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("always-fails", 4, "crm enrichment timed out"),
+            ("poison", 1, "unparseable queue message: EOF")
+        ]
+    );
+    assert_eq!(stage.calls_on_failing.load(Ordering::SeqCst), 4);
+    assert_eq!(queue.stats().await.unwrap().dead_lettered, 2);
+}
+
+async fn common_wait<F, Fut>(mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
