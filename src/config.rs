@@ -317,7 +317,7 @@ pub struct Overrides {
 pub enum ConfigError {
     /// A source could not be read or holds a bad or unknown key.
     #[error("configuration error: {0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(Box<figment::Error>),
     /// The values parse but contradict each other.
     #[error("configuration error: {0}")]
     Invalid(String),
@@ -341,7 +341,7 @@ impl Settings {
             .merge(Env::prefixed("NURTURE__").split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         settings.check()?;
         Ok(settings)
     }

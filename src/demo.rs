@@ -10,17 +10,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Stats, collect_stats};
 use crate::config::Settings;
-use crate::replay::{ReplayOptions, ReplaySummary, load_bodies, replay};
+use crate::replay::{
+    ReplayOptions, ReplaySummary, bodies_with_built_in_mapping, load_bodies, replay,
+};
 use crate::server::{self, Running};
 
-/// The data set shipped with the repository (CC BY 4.0, see its SOURCE.md).
-pub const DEFAULT_FILE: &str = "data/bank-marketing/bank-additional.csv";
+/// The data set shipped with the repository and compiled into the binary, so the demo runs
+/// from any folder (UCI Bank Marketing, CC BY 4.0; attribution in its SOURCE.md).
+const BANK_CSV: &[u8] = include_bytes!("../data/bank-marketing/bank-additional.csv");
+const BANK_CSV_NAME: &str = "bank-additional.csv (UCI Bank Marketing, CC BY 4.0, built in)";
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// CSV or JSONL to replay.
-    pub file: PathBuf,
+    /// CSV or JSONL to replay; `None` replays the built-in bank-marketing rows.
+    pub file: Option<PathBuf>,
     /// Stop after the summary instead of serving until Ctrl-C.
     pub exit: bool,
     /// Requests in flight during the replay.
@@ -36,7 +40,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let bodies = load_bodies(&options.file, None, None)?;
+    let (bodies, name) = match &options.file {
+        Some(file) => (load_bodies(file, None, None)?, file.display().to_string()),
+        None => (
+            bodies_with_built_in_mapping(BANK_CSV_NAME, BANK_CSV)?,
+            BANK_CSV_NAME.to_owned(),
+        ),
+    };
     let running = start_on_free_port(&mut settings, shutdown.clone()).await?;
     let base = format!("http://{}", running.addr);
     println!(
@@ -46,7 +56,7 @@ pub async fn run(
     println!(
         "replaying {} rows of {} through POST {base}/webhook/lead-in ...",
         bodies.len(),
-        options.file.display()
+        name
     );
 
     let replay_options = ReplayOptions {

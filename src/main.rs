@@ -30,9 +30,10 @@ enum Command {
     Demo {
         #[command(flatten)]
         server: ServerArgs,
-        /// CSV (with a built-in mapping) or JSONL file to replay.
-        #[arg(long, default_value = demo::DEFAULT_FILE)]
-        file: PathBuf,
+        /// CSV (with a built-in mapping) or JSONL file to replay instead of the built-in
+        /// bank-marketing rows.
+        #[arg(long)]
+        file: Option<PathBuf>,
         /// Stop once the summary is printed.
         #[arg(long)]
         exit: bool,
@@ -186,8 +187,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action,
             server: args,
         } => {
+            if let DlqAction::Replay {
+                event_id: None,
+                all: false,
+            } = action
+            {
+                anyhow::bail!("name an event id or pass --all");
+            }
             let settings = args.settings()?;
-            let queue = EmbeddedQueue::open(&settings.data_dir, settings.worker.clone()).await?;
+            let queue =
+                EmbeddedQueue::open_existing(&settings.data_dir, settings.worker.clone()).await?;
             match action {
                 DlqAction::List => {
                     for letter in queue.dead_letters(10_000).await? {
@@ -197,10 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 }
-                DlqAction::Replay { event_id, all } => {
-                    if event_id.is_none() && !all {
-                        anyhow::bail!("name an event id or pass --all");
-                    }
+                DlqAction::Replay { event_id, .. } => {
                     let count = queue.replay_dead(event_id.as_deref()).await?;
                     println!("{count} dead letters back in the queue");
                 }

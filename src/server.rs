@@ -72,7 +72,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir).await?);
     let pipeline = Pipeline {
         store: store.clone(),
-        scorer: Arc::new(PointsScorer::new(settings.score.clone())),
+        scorer: Arc::new(PointsScorer::new(
+            settings.score.clone(),
+            settings.route.clone(),
+        )),
         composer: Composer::new(settings.compose.clone())?,
         guard: Guard::new(settings.guard.clone()).context("invalid guard pattern")?,
         deliverer: Arc::new(Outbox::open(&data_dir, &settings.compose.email_from)?),

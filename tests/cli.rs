@@ -49,15 +49,21 @@ fn a_missing_config_file_is_named() {
 }
 
 #[test]
-fn dlq_list_on_a_fresh_data_dir_is_empty_and_replay_needs_a_target() {
+fn dlq_names_a_data_dir_without_a_queue_instead_of_creating_one() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
+    let data = dir.path().join("typo");
 
-    let (ok, out, _) = nurture(&["dlq", "list", "--data-dir", data], &[]);
-    let (replay_ok, _, err) = nurture(&["dlq", "replay", "--data-dir", data], &[]);
+    let (ok, _, err) = nurture(&["dlq", "list", "--data-dir", data.to_str().unwrap()], &[]);
 
-    assert!(ok);
-    assert_eq!(out, "");
-    assert!(!replay_ok);
+    assert!(!ok);
+    assert!(err.contains("no queue.db"), "{err}");
+    assert!(!data.exists());
+}
+
+#[test]
+fn dlq_replay_needs_an_event_id_or_all() {
+    let (ok, _, err) = nurture(&["dlq", "replay"], &[]);
+
+    assert!(!ok);
     assert!(err.contains("--all"), "{err}");
 }

@@ -4,19 +4,21 @@
 use async_trait::async_trait;
 
 use crate::ai::{ScoreCard, ScoreError, Scorer};
-use crate::config::{ScoreRule, ScoreSettings};
+use crate::config::{RouteSettings, ScoreRule, ScoreSettings};
 use crate::lead::{Lead, Score};
 
 /// Scores a lead by adding the points of every matching rule to a base.
 #[derive(Debug, Clone)]
 pub struct PointsScorer {
     settings: ScoreSettings,
+    bands: RouteSettings,
 }
 
 impl PointsScorer {
-    /// Builds the scorer; rules were checked when the settings loaded.
-    pub fn new(settings: ScoreSettings) -> Self {
-        Self { settings }
+    /// Builds the scorer; rules were checked when the settings loaded. The route bands pick
+    /// the suggested tone, so tone and track always agree.
+    pub fn new(settings: ScoreSettings, bands: RouteSettings) -> Self {
+        Self { settings, bands }
     }
 
     /// Scores without I/O; the async trait method only wraps this.
@@ -48,7 +50,7 @@ impl PointsScorer {
         ScoreCard {
             score,
             reasoning,
-            suggested_tone: suggest_tone(lead, score).into(),
+            suggested_tone: suggest_tone(lead, score, &self.bands).into(),
             confidence: (confidence * 100.0).round() / 100.0,
             model: "builtin-points".into(),
         }
@@ -113,18 +115,22 @@ fn rule_holds(rule: &ScoreRule, value: &str) -> bool {
     }
 }
 
-fn suggest_tone(lead: &Lead, score: Score) -> &'static str {
+fn suggest_tone(lead: &Lead, score: Score, bands: &RouteSettings) -> &'static str {
     let senior = lead.job_title.as_deref().is_some_and(|t| {
         let t = t.to_lowercase();
         ["ceo", "founder", "owner", "chief", "vp", "director", "head"]
             .iter()
             .any(|w| t.split(|c: char| !c.is_alphanumeric()).any(|tok| tok == *w))
     });
-    match (senior, score.value()) {
-        (true, _) => "concise and direct",
-        (false, 71..) => "warm and direct",
-        (false, 30..=70) => "consultative",
-        _ => "friendly and educational",
+    let value = score.value();
+    if senior {
+        "concise and direct"
+    } else if value > bands.hot_above {
+        "warm and direct"
+    } else if value >= bands.active_from {
+        "consultative"
+    } else {
+        "friendly and educational"
     }
 }
 
@@ -316,7 +322,7 @@ mod tests {
 
     #[test]
     fn points_add_up_from_base_and_name_their_rules() {
-        let scorer = PointsScorer::new(ScoreSettings::default());
+        let scorer = PointsScorer::new(ScoreSettings::default(), RouteSettings::default());
         let mut vp = lead(Some("VP Sales"), "google");
         vp.behaviour.insert("total_visits".into(), 5.into());
 
@@ -330,7 +336,7 @@ mod tests {
 
     #[test]
     fn whole_words_only_so_vp_does_not_match_inside_other_words() {
-        let scorer = PointsScorer::new(ScoreSettings::default());
+        let scorer = PointsScorer::new(ScoreSettings::default(), RouteSettings::default());
 
         let card = scorer.score_now(&lead(Some("MVP developer"), "x"));
 

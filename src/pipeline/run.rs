@@ -128,11 +128,17 @@ impl Pipeline {
             ],
         };
         let stored = self.store.record_decision(&decision).await?;
+        // On a redelivery the stored messages are the earlier attempt's; they, not this
+        // attempt's recomputation, say whether the lead was held or is being sent.
+        let outcome = match stored.first().map(|m| m.status.as_str()) {
+            Some("review") => Outcome::Review,
+            Some(_) => Outcome::Sent,
+            None => outcome,
+        };
         if outcome == Outcome::Sent {
             let name = display_name(event);
             for message in stored.iter().filter(|m| m.status == "pending") {
                 self.deliverer.deliver(message, name.as_deref()).await?;
-                self.store.mark_sent(message.id).await?;
             }
         }
 

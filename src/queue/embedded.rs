@@ -12,7 +12,7 @@ use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 
 use crate::config::WorkerSettings;
 use crate::queue::{
@@ -27,6 +27,8 @@ pub struct EmbeddedQueue {
     fast: SqlitePool,
     settings: WorkerSettings,
     wake: Notify,
+    // One writer at a time, queued here rather than in SQLite's sleeping busy handler.
+    writer: Mutex<()>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -49,7 +51,11 @@ pub async fn open_sqlite(
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(sync)
         .busy_timeout(Duration::from_secs(30))
-        .foreign_keys(true);
+        .foreign_keys(true)
+        // Pages are read through a memory map instead of one pread per page: each write
+        // invalidates the other connections' page caches, and re-reading them by syscall
+        // dominated the worker's time before this.
+        .pragma("mmap_size", "268435456");
     SqlitePoolOptions::new()
         .max_connections(max_connections)
         .connect_with(options)
@@ -57,6 +63,21 @@ pub async fn open_sqlite(
 }
 
 impl EmbeddedQueue {
+    /// Opens an existing queue file, for commands that inspect one (`nurture dlq`); a
+    /// mistyped data dir is an error instead of a new empty queue.
+    pub async fn open_existing(
+        data_dir: &Path,
+        settings: WorkerSettings,
+    ) -> Result<Self, QueueError> {
+        if !data_dir.join("queue.db").is_file() {
+            return Err(QueueError(format!(
+                "no queue in '{}' (no queue.db)",
+                data_dir.display()
+            )));
+        }
+        Self::open(data_dir, settings).await
+    }
+
     /// Opens (and migrates) the queue file under `data_dir`.
     pub async fn open(data_dir: &Path, settings: WorkerSettings) -> Result<Self, QueueError> {
         let path = data_dir.join("queue.db");
@@ -71,6 +92,7 @@ impl EmbeddedQueue {
             fast,
             settings,
             wake: Notify::new(),
+            writer: Mutex::new(()),
         })
     }
 
@@ -95,6 +117,7 @@ impl EmbeddedQueue {
     }
 
     async fn count_duplicate(&self) -> Result<(), QueueError> {
+        let _writer = self.writer.lock().await;
         sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
             .execute(&self.fast)
             .await?;
@@ -106,6 +129,7 @@ impl EmbeddedQueue {
         message: &NewMessage,
         now: i64,
     ) -> Result<Option<String>, QueueError> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.durable.begin_with("BEGIN IMMEDIATE").await?;
         // Checked again inside the write lock: two identical deliveries racing must not both
         // be queued.
@@ -149,6 +173,7 @@ impl EmbeddedQueue {
     }
 
     async fn set_dead(&self, handle: i64, reason: &str) -> Result<(), QueueError> {
+        let _writer = self.writer.lock().await;
         sqlx::query("UPDATE jobs SET state = 'dead', last_error = ? WHERE id = ?")
             .bind(reason)
             .bind(handle)
@@ -160,6 +185,7 @@ impl EmbeddedQueue {
     /// Puts dead-lettered messages back in the ready state with a fresh attempt count.
     /// `event_id = None` replays all of them. Returns how many were replayed.
     pub async fn replay_dead(&self, event_id: Option<&str>) -> Result<u64, QueueError> {
+        let _writer = self.writer.lock().await;
         let result = sqlx::query(
             "UPDATE jobs SET state = 'ready', attempts = 0, available_at = ?
              WHERE state = 'dead' AND (? IS NULL OR event_id = ?)",
@@ -195,6 +221,7 @@ impl Queue for EmbeddedQueue {
     async fn lease(&self) -> Result<Option<Delivery>, QueueError> {
         let now = now_ms();
         let lease_until = now + (self.settings.visibility_timeout_seconds * 1000) as i64;
+        let writer = self.writer.lock().await;
         let row = sqlx::query(
             "UPDATE jobs SET state = 'leased', attempts = attempts + 1, available_at = ?
              WHERE id = (SELECT id FROM jobs WHERE state IN ('ready', 'leased') AND available_at <= ?
@@ -205,6 +232,7 @@ impl Queue for EmbeddedQueue {
         .bind(now)
         .fetch_optional(&self.fast)
         .await?;
+        drop(writer);
         let Some(row) = row else {
             return Ok(None);
         };
@@ -222,6 +250,8 @@ impl Queue for EmbeddedQueue {
                 self.settings.max_attempts
             );
             self.set_dead(delivery.handle, &reason).await?;
+            tracing::error!(event_id = %delivery.event_id, %reason, "LeadDeadLettered");
+            crate::telemetry::lead_dead_lettered();
             return Box::pin(self.lease()).await;
         }
         Ok(Some(delivery))
@@ -232,8 +262,12 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        sqlx::query("DELETE FROM jobs WHERE id = ? AND state = 'leased'")
+        let _writer = self.writer.lock().await;
+        // `attempts` identifies the lease: a worker whose lease expired and was handed to
+        // another cannot remove the message from under it.
+        sqlx::query("DELETE FROM jobs WHERE id = ? AND state = 'leased' AND attempts = ?")
             .bind(delivery.handle)
+            .bind(delivery.attempt)
             .execute(&self.fast)
             .await?;
         Ok(())
@@ -246,12 +280,15 @@ impl Queue for EmbeddedQueue {
         }
         let s = &self.settings;
         let delay_ms = backoff::delay_ms(delivery.attempt, s.backoff_base_ms, s.backoff_max_ms);
+        let _writer = self.writer.lock().await;
         sqlx::query(
-            "UPDATE jobs SET state = 'ready', available_at = ?, last_error = ? WHERE id = ?",
+            "UPDATE jobs SET state = 'ready', available_at = ?, last_error = ?
+             WHERE id = ? AND state = 'leased' AND attempts = ?",
         )
         .bind(now_ms() + delay_ms as i64)
         .bind(reason)
         .bind(delivery.handle)
+        .bind(delivery.attempt)
         .execute(&self.durable)
         .await?;
         Ok(Retried::Scheduled { delay_ms })

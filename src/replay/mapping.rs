@@ -111,21 +111,28 @@ impl Mapping {
 /// Reads every row of `csv_path` into a webhook body. A column named in the mapping but
 /// absent from the header is an error naming it.
 pub fn bodies_from_csv(csv_path: &Path, mapping: &Mapping) -> anyhow::Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(csv_path)
+        .map_err(|e| anyhow::anyhow!("cannot read '{}': {e}", csv_path.display()))?;
+    bodies_from_csv_bytes(&csv_path.display().to_string(), &bytes, mapping)
+}
+
+/// Like `bodies_from_csv`, over CSV already in memory; `name` is used in errors.
+pub fn bodies_from_csv_bytes(
+    name: &str,
+    bytes: &[u8],
+    mapping: &Mapping,
+) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(mapping.delimiter.as_bytes()[0])
         .flexible(true)
-        .from_path(csv_path)
-        .map_err(|e| anyhow::anyhow!("cannot read '{}': {e}", csv_path.display()))?;
+        .from_reader(bytes);
     let header: Vec<String> = reader
         .headers()?
         .iter()
         .map(|h| h.trim().to_owned())
         .collect();
     if let Some(missing) = mapping.columns().find(|c| !header.contains(c)) {
-        anyhow::bail!(
-            "column '{missing}' of the mapping is not in the header of '{}'",
-            csv_path.display()
-        );
+        anyhow::bail!("column '{missing}' of the mapping is not in the header of '{name}'");
     }
     let mut bodies = Vec::new();
     for (index, record) in reader.records().enumerate() {

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-pub use mapping::{Mapping, bodies_from_csv};
+pub use mapping::{Mapping, bodies_from_csv, bodies_from_csv_bytes};
 
 /// The shipped mappings, tried in turn when a CSV comes without `--mapping`.
 const BUILT_IN_MAPPINGS: &[(&str, &str)] = &[
@@ -61,21 +61,19 @@ pub fn load_bodies(
     mapping: Option<&Path>,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read '{}'", file.display()))?;
+    let name = file.display().to_string();
     let is_csv = file
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let mut bodies = if is_csv {
-        match mapping {
-            Some(path) => bodies_from_csv(file, &Mapping::load(path)?)?,
-            None => built_in_mapping_bodies(file)?,
-        }
-    } else {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read '{}'", file.display()))?;
-        text.lines()
+    let mut bodies = match (is_csv, mapping) {
+        (true, Some(path)) => bodies_from_csv_bytes(&name, &bytes, &Mapping::load(path)?)?,
+        (true, None) => bodies_with_built_in_mapping(&name, &bytes)?,
+        (false, _) => String::from_utf8_lossy(&bytes)
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| l.as_bytes().to_vec())
-            .collect()
+            .collect(),
     };
     if let Some(limit) = limit {
         bodies.truncate(limit);
@@ -83,17 +81,17 @@ pub fn load_bodies(
     Ok(bodies)
 }
 
-fn built_in_mapping_bodies(file: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    for (name, text) in BUILT_IN_MAPPINGS {
+/// Maps CSV with the first shipped mapping whose columns are all in its header.
+pub fn bodies_with_built_in_mapping(name: &str, bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    for (mapping_name, text) in BUILT_IN_MAPPINGS {
         let mapping: Mapping =
-            toml::from_str(text).with_context(|| format!("built-in mapping {name}"))?;
-        if let Ok(bodies) = bodies_from_csv(file, &mapping) {
+            toml::from_str(text).with_context(|| format!("built-in mapping {mapping_name}"))?;
+        if let Ok(bodies) = bodies_from_csv_bytes(name, bytes, &mapping) {
             return Ok(bodies);
         }
     }
     anyhow::bail!(
-        "no built-in mapping fits the columns of '{}': pass --mapping FILE (see mappings/)",
-        file.display()
+        "no built-in mapping fits the columns of '{name}': pass --mapping FILE (see mappings/)"
     )
 }
 

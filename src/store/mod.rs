@@ -188,10 +188,8 @@ pub trait Store: Send + Sync {
     /// messages (an earlier attempt's, if there was one).
     async fn record_decision(&self, decision: &Decision) -> Result<Vec<StoredMessage>, StoreError>;
 
-    /// Marks a message delivered.
-    async fn mark_sent(&self, message_id: i64) -> Result<(), StoreError>;
-
-    /// Records the end of an event's handling; `false` if an earlier attempt already did.
+    /// Records the end of an event's handling, marking its messages sent when the outcome is
+    /// `sent` (they were delivered just before); `false` if an earlier attempt already did.
     async fn finish(&self, processed: &Processed) -> Result<bool, StoreError>;
 
     /// Counts for the read side.

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqlitePool, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::ai::ScoreCard;
 use crate::lead::{LeadEvent, Score};
@@ -21,25 +22,35 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite/sto
 /// The CRM in one SQLite file.
 pub struct SqliteStore {
     pool: SqlitePool,
+    // SQLite allows one writer. Queueing writers here, instead of in SQLite's busy handler
+    // (which sleeps in steps of up to 100 ms), keeps concurrent workers from stalling.
+    writer: Mutex<()>,
 }
 
 impl SqliteStore {
     /// Opens (and migrates) `<data_dir>/nurture.db`.
     ///
-    /// `synchronous=NORMAL` is safe here: in WAL mode it survives a process kill, and after a
-    /// power loss the lost tail is rebuilt from the queue, which redelivers unacknowledged
-    /// leads (the outbox refuses to write a message file twice).
+    /// `synchronous=NORMAL`: in WAL mode a commit survives a process kill (it is in the OS
+    /// cache), which is the failure the promises cover. After a power loss the last commits
+    /// can be gone while the queue's ack survived, so a lead could lose its CRM record; the
+    /// README states this limit. `FULL` here would cost an fsync per stage.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let pool = open_sqlite(&data_dir.join("nurture.db"), SqliteSynchronous::Normal, 8).await?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| StoreError(format!("store migration failed: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Mutex::new(()),
+        })
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn begin(
+        &self,
+    ) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Sqlite>), StoreError> {
+        let guard = self.writer.lock().await;
+        Ok((guard, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 }
 
@@ -89,7 +100,7 @@ impl Store for SqliteStore {
     async fn enrich(&self, event: &LeadEvent) -> Result<Enriched, StoreError> {
         let lead = &event.lead;
         let now = now_ms();
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let lead_id: i64 = sqlx::query_scalar(
             "INSERT INTO leads (email_normalized, email, first_name, last_name, company, job_title,
                  phone, phone_raw, country, consent_email, consent_sms, profile, created_at, updated_at)
@@ -191,7 +202,7 @@ impl Store for SqliteStore {
         event_id: &str,
         card: &ScoreCard,
     ) -> Result<ScoreCard, StoreError> {
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO scores (lead_id, event_id, score, confidence, tone, reasoning, model, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -233,7 +244,7 @@ impl Store for SqliteStore {
             crate::pipeline::Outcome::Review => "review",
             _ => "pending",
         };
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let mut inserted = 0;
         for m in &decision.messages {
             inserted += sqlx::query(
@@ -291,19 +302,8 @@ impl Store for SqliteStore {
             .collect::<Result<_, _>>()?)
     }
 
-    async fn mark_sent(&self, message_id: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE messages SET status = 'sent', sent_at = ? WHERE id = ? AND status = 'pending'",
-        )
-        .bind(now_ms())
-        .bind(message_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn finish(&self, p: &Processed) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO processed (event_id, lead_id, track, outcome, latency_ms, processed_at)
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -317,6 +317,13 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        if p.outcome == crate::pipeline::Outcome::Sent {
+            sqlx::query("UPDATE messages SET status = 'sent', sent_at = ? WHERE event_id = ? AND status = 'pending'")
+                .bind(now_ms())
+                .bind(&p.event_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if inserted > 0 {
             let detail = json!({ "outcome": p.outcome.as_str(), "latency_ms": p.latency_ms });
             log_event(&mut tx, p.lead_id, &p.event_id, "act", &detail).await?;
