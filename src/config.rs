@@ -17,6 +17,14 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Folder for the embedded queue, the SQLite CRM store and the outbox.
     pub data_dir: PathBuf,
+    /// `embedded` (SQLite file in the data dir) or `rabbitmq`.
+    pub queue: QueueKind,
+    /// RabbitMQ address, used when `queue = "rabbitmq"`.
+    pub amqp_url: SecretUrl,
+    /// CRM database: `sqlite://PATH` or `postgres://…`; unset means `<data_dir>/nurture.db`.
+    pub database_url: Option<SecretUrl>,
+    /// RabbitMQ topology and consumer settings.
+    pub rabbitmq: RabbitSettings,
     /// Webhook intake.
     pub ingest: IngestSettings,
     /// Worker loop: concurrency, leases, retries.
@@ -38,6 +46,10 @@ impl Default for Settings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("nurture-data"),
+            queue: QueueKind::Embedded,
+            amqp_url: SecretUrl("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            database_url: None,
+            rabbitmq: RabbitSettings::default(),
             ingest: IngestSettings::default(),
             worker: WorkerSettings::default(),
             score: ScoreSettings::default(),
@@ -45,6 +57,67 @@ impl Default for Settings {
             compose: ComposeSettings::default(),
             guard: GuardSettings::default(),
             act: ActSettings::default(),
+        }
+    }
+}
+
+/// Which queue carries leads from ingest to the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// SQLite file in the data dir: no broker needed.
+    Embedded,
+    /// RabbitMQ quorum queues, shared by any number of ingest and worker processes.
+    Rabbitmq,
+}
+
+/// A URL that may hold a password: `Debug` and `config show` mask it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(pub String);
+
+impl SecretUrl {
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `****`.
+    pub fn masked(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("****"));
+                url.to_string()
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// RabbitMQ names and consumer limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitSettings {
+    /// Prefix of every queue name (`<prefix>.leads`, `<prefix>.retry.<n>`, `<prefix>.dead`).
+    pub queue_prefix: String,
+    /// Unacknowledged deliveries a worker process holds at once.
+    pub prefetch: u16,
+    /// How long ingest waits for a publisher confirm before answering 503.
+    pub confirm_timeout_seconds: u64,
+}
+
+impl Default for RabbitSettings {
+    fn default() -> Self {
+        Self {
+            queue_prefix: "nurture".into(),
+            prefetch: 64,
+            confirm_timeout_seconds: 10,
         }
     }
 }
@@ -365,17 +438,36 @@ impl Settings {
                 return invalid(format!("route.channels.{track}: unknown channel '{bad}'"));
             }
         }
+        let db = self.effective_database_url();
+        if !db.starts_with("sqlite:")
+            && !db.starts_with("postgres:")
+            && !db.starts_with("postgresql:")
+        {
+            return invalid(format!(
+                "database_url must start with sqlite:// or postgres://, got '{}'",
+                SecretUrl(db).masked()
+            ));
+        }
         if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
             return invalid("worker.concurrency and worker.max_attempts must be at least 1".into());
         }
         crate::ai::points::check_rules(&self.score.rules).map_err(ConfigError::Invalid)
     }
 
-    /// The effective settings as TOML, for `nurture config show`.
-    ///
-    /// No setting holds a secret yet; when one is added it gets a type that prints masked.
+    /// The CRM database URL in effect.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("nurture.db").display()),
+        }
+    }
+
+    /// The effective settings as TOML, for `nurture config show`, passwords masked.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+        let mut shown = self.clone();
+        shown.amqp_url = SecretUrl(self.amqp_url.masked());
+        shown.database_url = self.database_url.as_ref().map(|u| SecretUrl(u.masked()));
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
     }
 }
 
@@ -409,6 +501,23 @@ mod tests {
         assert_eq!(settings.route.hot_above, 80);
         assert_eq!(settings.route.active_from, 30);
         assert_eq!(settings.data_dir, PathBuf::from("/tmp/y"));
+    }
+
+    #[test]
+    fn passwords_are_masked_in_config_show() {
+        let mut settings = Settings::default();
+        settings.database_url = Some(SecretUrl("postgres://app:s3cret@db.example.com/crm".into()));
+
+        let shown = settings.to_toml();
+
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("guest:guest"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://app:****@db.example.com/crm"),
+            "{shown}"
+        );
     }
 
     #[test]

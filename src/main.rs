@@ -8,9 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use nurture::config::QueueKind;
 use nurture::config::{Overrides, Settings};
-use nurture::queue::{EmbeddedQueue, Queue};
+use nurture::queue::{Queue, Role};
 use nurture::replay::{ReplayOptions, load_bodies, replay};
+use nurture::server::Part;
 use nurture::{demo, server, telemetry};
 
 /// AI-assisted lead nurturing: webhook in, durable queue, score, route, write, check, send.
@@ -23,8 +25,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the HTTP server, the embedded queue and the workers in one process.
+    /// Run the HTTP server, the queue and the workers in one process.
     Serve(ServerArgs),
+    /// Run only the webhook intake (and the read side); scale out with several.
+    Ingest(ServerArgs),
+    /// Run only the workers (and the read side, for health and metrics); scale out with
+    /// several.
+    Worker(ServerArgs),
+    /// Create or upgrade the CRM database schema, then exit (also done at every start).
+    Migrate(ServerArgs),
     /// Start the embedded default, replay the shipped bank-marketing data through it, and
     /// print a summary.
     Demo {
@@ -117,6 +126,33 @@ impl ServerArgs {
     }
 }
 
+async fn run_part(args: ServerArgs, part: Part, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    server::cancel_on_signal(shutdown.clone());
+    server::start_part(settings, part, shutdown)
+        .await?
+        .wait()
+        .await
+}
+
+async fn dlq(queue: &dyn Queue, action: DlqAction) -> anyhow::Result<()> {
+    match action {
+        DlqAction::List => {
+            for letter in queue.dead_letters(10_000).await? {
+                println!(
+                    "{}\tattempts={}\t{}",
+                    letter.event_id, letter.attempts, letter.reason
+                );
+            }
+        }
+        DlqAction::Replay { event_id, .. } => {
+            let count = queue.replay_dead(event_id.as_deref()).await?;
+            println!("{count} dead letters back in the queue");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init_logging();
@@ -132,10 +168,14 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve(args) => run_part(args, Part::All, shutdown).await,
+        Command::Ingest(args) => run_part(args, Part::Ingest, shutdown).await,
+        Command::Worker(args) => run_part(args, Part::Worker, shutdown).await,
+        Command::Migrate(args) => {
             let settings = args.settings()?;
-            server::cancel_on_signal(shutdown.clone());
-            server::start(settings, shutdown).await?.wait().await
+            server::open_store(&settings).await?;
+            println!("CRM schema is up to date");
+            Ok(())
         }
         Command::Demo {
             server: args,
@@ -195,23 +235,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("name an event id or pass --all");
             }
             let settings = args.settings()?;
-            let queue =
-                EmbeddedQueue::open_existing(&settings.data_dir, settings.worker.clone()).await?;
-            match action {
-                DlqAction::List => {
-                    for letter in queue.dead_letters(10_000).await? {
-                        println!(
-                            "{}\tattempts={}\t{}",
-                            letter.event_id, letter.attempts, letter.reason
-                        );
-                    }
-                }
-                DlqAction::Replay { event_id, .. } => {
-                    let count = queue.replay_dead(event_id.as_deref()).await?;
-                    println!("{count} dead letters back in the queue");
-                }
+            if settings.queue == QueueKind::Embedded
+                && !settings.data_dir.join("queue.db").is_file()
+            {
+                anyhow::bail!(
+                    "no queue in '{}' (no queue.db)",
+                    settings.data_dir.display()
+                );
             }
-            Ok(())
+            let store = server::open_store(&settings).await?;
+            let queue =
+                server::open_queue(&settings, store, Role::Publish, shutdown.clone()).await?;
+            let result = dlq(queue.as_ref(), action).await;
+            shutdown.cancel();
+            result
         }
     }
 }

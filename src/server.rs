@@ -14,10 +14,10 @@ use tracing::info;
 
 use crate::ai::points::PointsScorer;
 use crate::channels::Outbox;
-use crate::config::Settings;
+use crate::config::{QueueKind, Settings};
 use crate::pipeline::{Composer, Guard, Pipeline, run_workers};
-use crate::queue::{EmbeddedQueue, Queue};
-use crate::store::{SqliteStore, Store};
+use crate::queue::{EmbeddedQueue, Queue, RabbitQueue, Role};
+use crate::store::{SqlStore, Store};
 
 /// What every HTTP handler can reach.
 #[derive(Clone)]
@@ -62,37 +62,63 @@ impl Running {
     }
 }
 
-/// Opens everything under `settings.data_dir` and starts serving; returns once listening.
+/// Which roles a process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Webhook intake, workers and the read side (`nurture serve`).
+    All,
+    /// Webhook intake and the read side (`nurture ingest`).
+    Ingest,
+    /// Workers, plus the read side for health and metrics (`nurture worker`).
+    Worker,
+}
+
+impl Part {
+    fn has_workers(self) -> bool {
+        self != Part::Ingest
+    }
+
+    fn has_intake(self) -> bool {
+        self != Part::Worker
+    }
+}
+
+/// Starts every role in one process (`nurture serve`); returns once listening.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    start_part(settings, Part::All, shutdown).await
+}
+
+/// Opens the store and queue the settings name and starts the roles of `part`.
+pub async fn start_part(
+    settings: Settings,
+    part: Part,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     let data_dir = settings.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir '{}'", data_dir.display()))?;
-    let queue: Arc<dyn Queue> =
-        Arc::new(EmbeddedQueue::open(&data_dir, settings.worker.clone()).await?);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir).await?);
-    let pipeline = Pipeline {
-        store: store.clone(),
-        scorer: Arc::new(PointsScorer::new(
-            settings.score.clone(),
-            settings.route.clone(),
-        )),
-        composer: Composer::new(settings.compose.clone())?,
-        guard: Guard::new(settings.guard.clone()).context("invalid guard pattern")?,
-        deliverer: Arc::new(Outbox::open(&data_dir, &settings.compose.email_from)?),
-        settings: settings.clone(),
+    let sql = open_store(&settings).await?;
+    let role = if part.has_workers() {
+        Role::PublishAndConsume
+    } else {
+        Role::Publish
     };
+    let queue = open_queue(&settings, sql.clone(), role, shutdown.clone()).await?;
+    let store: Arc<dyn Store> = sql;
     crate::telemetry::prometheus();
 
     let state = AppState {
         settings: Arc::new(settings.clone()),
         queue: queue.clone(),
-        store,
+        store: store.clone(),
     };
-    let app = Router::new()
-        .merge(crate::ingest::routes::routes(
+    let mut app = Router::new().merge(crate::api::routes::routes());
+    if part.has_intake() {
+        app = app.merge(crate::ingest::routes::routes(
             settings.ingest.max_body_bytes,
-        ))
-        .merge(crate::api::routes::routes())
+        ));
+    }
+    let app = app
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone());
     let listener = TcpListener::bind(settings.listen)
@@ -105,19 +131,63 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
     });
-    let workers = run_workers(
-        queue,
-        Arc::new(pipeline),
-        &settings.worker,
-        shutdown.clone(),
-    );
-    info!(%addr, data_dir = %data_dir.display(), "NurtureStarted");
+    let workers = if part.has_workers() {
+        let pipeline = Pipeline {
+            store,
+            scorer: Arc::new(PointsScorer::new(
+                settings.score.clone(),
+                settings.route.clone(),
+            )),
+            composer: Composer::new(settings.compose.clone())?,
+            guard: Guard::new(settings.guard.clone()).context("invalid guard pattern")?,
+            deliverer: Arc::new(Outbox::open(&data_dir, &settings.compose.email_from)?),
+            settings: settings.clone(),
+        };
+        run_workers(
+            queue,
+            Arc::new(pipeline),
+            &settings.worker,
+            shutdown.clone(),
+        )
+    } else {
+        JoinSet::new()
+    };
+    info!(%addr, ?part, queue = ?settings.queue, data_dir = %data_dir.display(), "NurtureStarted");
     Ok(Running {
         addr,
         state,
         shutdown,
         server,
         workers,
+    })
+}
+
+/// Connects to the CRM database of the settings and runs its migrations.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<SqlStore>> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir '{}'", settings.data_dir.display()))?;
+    let connections = settings.worker.concurrency as u32 * 2 + 4;
+    let store = SqlStore::connect(&settings.effective_database_url(), connections).await?;
+    Ok(Arc::new(store))
+}
+
+/// Opens the queue of the settings: the embedded one in the data dir, or RabbitMQ with its
+/// delivery log in the CRM database.
+pub async fn open_queue(
+    settings: &Settings,
+    store: Arc<SqlStore>,
+    role: Role,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<dyn Queue>> {
+    Ok(match settings.queue {
+        QueueKind::Embedded => {
+            Arc::new(EmbeddedQueue::open(&settings.data_dir, settings.worker.clone()).await?)
+        }
+        QueueKind::Rabbitmq => {
+            let url = settings.amqp_url.expose();
+            let (rabbit, worker) = (settings.rabbitmq.clone(), settings.worker.clone());
+            RabbitQueue::start(url, rabbit, worker, store, role, shutdown).await?
+        }
     })
 }
 

@@ -78,6 +78,9 @@ impl Pipeline {
     #[instrument(skip_all, fields(event_id = %event.event_id))]
     pub async fn handle_event(&self, event: &LeadEvent) -> Result<Handled, StageError> {
         let store = self.store.as_ref();
+        // Two events of one person never run at once (in any process): they would race on
+        // `is_returning` and history. Held until this function returns.
+        let _lead_lock = store.lock_lead(&event.lead.email.normalized()).await?;
         let enriched = enrich::enrich(store, event).await?;
         let lead_id = enriched.lead_id;
         let card = score::score(self.scorer.as_ref(), store, lead_id, event).await?;

@@ -298,6 +298,10 @@ impl Queue for EmbeddedQueue {
         self.set_dead(delivery.handle, reason).await
     }
 
+    async fn replay_dead(&self, event_id: Option<&str>) -> Result<u64, QueueError> {
+        EmbeddedQueue::replay_dead(self, event_id).await
+    }
+
     async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, QueueError> {
         let rows = sqlx::query(
             "SELECT id, event_id, attempts, last_error FROM jobs WHERE state = 'dead' ORDER BY id LIMIT ?",

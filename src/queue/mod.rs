@@ -2,11 +2,13 @@
 
 pub mod backoff;
 pub mod embedded;
+pub mod rabbit;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 pub use embedded::EmbeddedQueue;
+pub use rabbit::{RabbitQueue, Role};
 
 /// A lead ready to be queued, with the keys that make its delivery idempotent.
 #[derive(Debug, Clone)]
@@ -117,9 +119,51 @@ pub trait Queue: Send + Sync {
     /// Moves a message that can never succeed straight to the dead-letter state.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError>;
 
+    /// Puts dead-lettered messages back in the queue with a fresh attempt count; `None`
+    /// replays all. Returns how many.
+    async fn replay_dead(&self, event_id: Option<&str>) -> Result<u64, QueueError>;
+
     /// Lists dead-lettered messages, oldest first.
     async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, QueueError>;
 
     /// Counts for the read side.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
+}
+
+/// What claiming a delivery's keys found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours to publish, under this event id (a new one, or the one of a publisher that died
+    /// before recording its confirm).
+    Claimed { event_id: String },
+    /// Queued before under this event id.
+    Duplicate { event_id: String },
+    /// Another request is publishing the same delivery right now.
+    InFlight,
+}
+
+/// Where a broker-backed intake remembers delivery keys and counts (the CRM database), so
+/// that every ingest process sees the same duplicates.
+#[async_trait]
+pub trait DeliveryLog: Send + Sync {
+    /// Claims `keys` for `event_id` unless a live key says duplicate or in flight. A pending
+    /// claim older than `stale_after_ms` is taken over.
+    async fn claim(
+        &self,
+        keys: &[DedupKey],
+        event_id: &str,
+        stale_after_ms: i64,
+    ) -> Result<Claim, QueueError>;
+
+    /// Marks the claim queued (the broker confirmed) and counts the delivery as received.
+    async fn confirm(&self, keys: &[DedupKey], event_id: &str) -> Result<(), QueueError>;
+
+    /// Drops a claim whose publish failed, so the sender's retry is not a duplicate.
+    async fn release(&self, keys: &[DedupKey], event_id: &str) -> Result<(), QueueError>;
+
+    /// Counts a repeated delivery.
+    async fn count_duplicate(&self) -> Result<(), QueueError>;
+
+    /// Deliveries received and duplicates answered.
+    async fn intake_counts(&self) -> Result<(u64, u64), QueueError>;
 }

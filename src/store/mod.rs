@@ -1,6 +1,7 @@
 //! The CRM store: the `Store` trait, the records it keeps, and its backends.
 
-pub mod sqlite;
+mod deliveries;
+pub mod sql;
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use crate::ai::ScoreCard;
 use crate::lead::LeadEvent;
 use crate::pipeline::{Channel, Outcome, Track};
 
-pub use sqlite::SqliteStore;
+pub use sql::{Backend, SqlStore};
 
 /// What the CRM already knew about a lead when this event arrived.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -153,6 +154,21 @@ pub struct LeadView {
     pub events: Vec<serde_json::Value>,
 }
 
+/// Held while one event of a lead is processed; dropping it lets the next event of the same
+/// lead in (see `Store::lock_lead`).
+pub struct LeadLock {
+    _guard: Box<dyn Send>,
+}
+
+impl LeadLock {
+    /// Wraps whatever keeps the lock held.
+    pub fn new(guard: impl Send + 'static) -> Self {
+        Self {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
 /// The store failed; the worker retries the delivery later.
 #[derive(Debug, thiserror::Error)]
 #[error("store unavailable: {0}")]
@@ -173,6 +189,11 @@ impl From<serde_json::Error> for StoreError {
 /// The CRM. Every write is idempotent on the event id, so a redelivered lead changes nothing.
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Waits until no other worker, in any process sharing the store, holds this lead, and
+    /// holds it until the returned guard is dropped: two events of one lead are never
+    /// processed at once. `identity` is the normalised email.
+    async fn lock_lead(&self, identity: &str) -> Result<LeadLock, StoreError>;
+
     /// Upserts the lead, records the interaction and returns what was known before it.
     async fn enrich(&self, event: &LeadEvent) -> Result<Enriched, StoreError>;
 

@@ -1,68 +1,147 @@
-//! The SQLite CRM store in `<data-dir>/nurture.db` (WAL). Writes run in `BEGIN IMMEDIATE`
-//! transactions so concurrent workers queue for the write lock instead of failing to upgrade.
+//! The CRM store on SQL: SQLite (`<data-dir>/nurture.db`, WAL) for the embedded default,
+//! PostgreSQL for production. One implementation over sqlx's `Any` driver: the statements
+//! are written in the dialect both accept (`$n` parameters, `ON CONFLICT`, `RETURNING`), and
+//! each backend has its own migrations. Unique constraints carry the identity rules, so two
+//! workers racing on one lead cannot create two leads or two messages.
 
-use std::path::Path;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use sqlx::sqlite::{SqlitePool, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::ai::ScoreCard;
 use crate::lead::{LeadEvent, Score};
-use crate::queue::embedded::{now_ms, open_sqlite};
+use crate::queue::embedded::now_ms;
 use crate::store::{
-    Decision, Enriched, EventStatus, LeadView, Processed, Store, StoreError, StoreStats,
+    Decision, Enriched, EventStatus, LeadLock, LeadView, Processed, Store, StoreError, StoreStats,
     StoredMessage,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite/store");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite/store");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres/store");
 
-/// The CRM in one SQLite file.
-pub struct SqliteStore {
-    pool: SqlitePool,
-    // SQLite allows one writer. Queueing writers here, instead of in SQLite's busy handler
-    // (which sleeps in steps of up to 100 ms), keeps concurrent workers from stalling.
-    writer: Mutex<()>,
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One file, one writer at a time.
+    Sqlite,
+    /// A server shared by every process.
+    Postgres,
 }
 
-impl SqliteStore {
-    /// Opens (and migrates) `<data_dir>/nurture.db`.
+/// The CRM on SQLite or PostgreSQL.
+pub struct SqlStore {
+    pub(super) pool: AnyPool,
+    backend: Backend,
+    // SQLite allows one writer. Queueing writers here, instead of in SQLite's busy handler
+    // (which sleeps in steps of up to 100 ms), keeps concurrent workers from stalling.
+    // PostgreSQL needs no such queue.
+    writer: Mutex<()>,
+    // SQLite's per-lead locks, held in this process (see `lock_lead`): striped, so memory
+    // stays bounded; two leads sharing a stripe only wait for each other.
+    lead_stripes: Vec<Arc<Mutex<()>>>,
+}
+
+impl SqlStore {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`) and runs its migrations.
     ///
-    /// `synchronous=NORMAL`: in WAL mode a commit survives a process kill (it is in the OS
-    /// cache), which is the failure the promises cover. After a power loss the last commits
-    /// can be gone while the queue's ack survived, so a lead could lose its CRM record; the
-    /// README states this limit. `FULL` here would cost an fsync per stage.
-    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let pool = open_sqlite(&data_dir.join("nurture.db"), SqliteSynchronous::Normal, 8).await?;
-        MIGRATOR
+    /// SQLite runs with `synchronous=NORMAL`: in WAL mode a commit survives a process kill
+    /// (it is in the OS cache), which is the failure the promises cover. After a power loss
+    /// the last commits can be gone while the queue's ack survived; the README states this
+    /// limit. `FULL` would cost an fsync per stage.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        };
+        if backend == Backend::Postgres && !sqlx::Postgres::database_exists(&url).await? {
+            sqlx::Postgres::create_database(&url).await?;
+        }
+        let options: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        for pragma in SQLITE_PRAGMAS {
+                            conn.execute(*pragma).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator
             .run(&pool)
             .await
             .map_err(|e| StoreError(format!("store migration failed: {e}")))?;
         Ok(Self {
             pool,
+            backend,
             writer: Mutex::new(()),
+            lead_stripes: (0..LEAD_STRIPES)
+                .map(|_| Arc::new(Mutex::new(())))
+                .collect(),
         })
     }
 
-    async fn begin(
+    /// The backend behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(super) async fn begin(
         &self,
-    ) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Sqlite>), StoreError> {
-        let guard = self.writer.lock().await;
-        Ok((guard, self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    ) -> Result<(Option<MutexGuard<'_, ()>>, Transaction<'static, Any>), StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                let guard = self.writer.lock().await;
+                Ok((Some(guard), self.pool.begin_with("BEGIN IMMEDIATE").await?))
+            }
+            Backend::Postgres => Ok((None, self.pool.begin().await?)),
+        }
     }
 }
 
+/// Number of in-process lead locks on SQLite.
+const LEAD_STRIPES: usize = 256;
+
+/// Set on every SQLite connection. `mmap_size`: pages are read through a memory map instead
+/// of one pread each, which matters because every write invalidates the other connections'
+/// page caches.
+const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 30000",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA mmap_size = 268435456",
+];
+
 async fn log_event(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     lead_id: i64,
     event_id: &str,
     stage: &str,
     detail: &Value,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO events (lead_id, event_id, stage, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO events (lead_id, event_id, stage, detail, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(lead_id)
     .bind(event_id)
@@ -74,7 +153,7 @@ async fn log_event(
     Ok(())
 }
 
-fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, sqlx::Error> {
+fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
     Ok(StoredMessage {
         id: row.try_get("id")?,
         idempotency_key: row.try_get("idempotency_key")?,
@@ -88,7 +167,7 @@ fn message_from_row(row: &SqliteRow) -> Result<StoredMessage, sqlx::Error> {
     })
 }
 
-fn json_column(row: &SqliteRow, name: &str) -> Value {
+fn json_column(row: &AnyRow, name: &str) -> Value {
     row.try_get::<String, _>(name)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
@@ -96,7 +175,29 @@ fn json_column(row: &SqliteRow, name: &str) -> Value {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
+    async fn lock_lead(&self, identity: &str) -> Result<LeadLock, StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut hasher = DefaultHasher::new();
+                identity.hash(&mut hasher);
+                let stripe = &self.lead_stripes[hasher.finish() as usize % LEAD_STRIPES];
+                Ok(LeadLock::new(stripe.clone().lock_owned().await))
+            }
+            Backend::Postgres => {
+                // A transaction-scoped advisory lock: released when the transaction ends,
+                // which dropping the guard does (rollback), and which a crashed worker's
+                // closed connection does too.
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(identity)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(LeadLock::new(tx))
+            }
+        }
+    }
+
     async fn enrich(&self, event: &LeadEvent) -> Result<Enriched, StoreError> {
         let lead = &event.lead;
         let now = now_ms();
@@ -104,16 +205,16 @@ impl Store for SqliteStore {
         let lead_id: i64 = sqlx::query_scalar(
             "INSERT INTO leads (email_normalized, email, first_name, last_name, company, job_title,
                  phone, phone_raw, country, consent_email, consent_sms, profile, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (email_normalized) DO UPDATE SET
                  email = excluded.email,
-                 first_name = COALESCE(excluded.first_name, first_name),
-                 last_name = COALESCE(excluded.last_name, last_name),
-                 company = COALESCE(excluded.company, company),
-                 job_title = COALESCE(excluded.job_title, job_title),
-                 phone = COALESCE(excluded.phone, phone),
-                 phone_raw = COALESCE(excluded.phone_raw, phone_raw),
-                 country = COALESCE(excluded.country, country),
+                 first_name = COALESCE(excluded.first_name, leads.first_name),
+                 last_name = COALESCE(excluded.last_name, leads.last_name),
+                 company = COALESCE(excluded.company, leads.company),
+                 job_title = COALESCE(excluded.job_title, leads.job_title),
+                 phone = COALESCE(excluded.phone, leads.phone),
+                 phone_raw = COALESCE(excluded.phone_raw, leads.phone_raw),
+                 country = COALESCE(excluded.country, leads.country),
                  consent_email = excluded.consent_email,
                  consent_sms = excluded.consent_sms,
                  profile = excluded.profile,
@@ -140,8 +241,8 @@ impl Store for SqliteStore {
         let detail =
             json!({ "answers": lead.answers, "behaviour": lead.behaviour, "utm": lead.utm });
         let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO interactions (lead_id, event_id, kind, source, detail, received_at)
-             VALUES (?, ?, 'form_submitted', ?, ?, ?)",
+            "INSERT INTO interactions (lead_id, event_id, kind, source, detail, received_at)
+             VALUES ($1, $2, 'form_submitted', $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(lead_id)
         .bind(&event.event_id)
@@ -153,21 +254,21 @@ impl Store for SqliteStore {
         .rows_affected();
 
         let prior_interactions: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM interactions WHERE lead_id = ? AND event_id <> ?",
+            "SELECT COUNT(*) FROM interactions WHERE lead_id = $1 AND event_id <> $2",
         )
         .bind(lead_id)
         .bind(&event.event_id)
         .fetch_one(&mut *tx)
         .await?;
         let prior_messages_sent: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM messages WHERE lead_id = ? AND event_id <> ? AND status = 'sent'",
+            "SELECT COUNT(*) FROM messages WHERE lead_id = $1 AND event_id <> $2 AND status = 'sent'",
         )
         .bind(lead_id)
         .bind(&event.event_id)
         .fetch_one(&mut *tx)
         .await?;
         let last_track: Option<String> = sqlx::query_scalar(
-            "SELECT track FROM processed WHERE lead_id = ? AND event_id <> ?
+            "SELECT track FROM processed WHERE lead_id = $1 AND event_id <> $2
              ORDER BY processed_at DESC LIMIT 1",
         )
         .bind(lead_id)
@@ -204,8 +305,8 @@ impl Store for SqliteStore {
     ) -> Result<ScoreCard, StoreError> {
         let (_writer, mut tx) = self.begin().await?;
         let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO scores (lead_id, event_id, score, confidence, tone, reasoning, model, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO scores (lead_id, event_id, score, confidence, tone, reasoning, model, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )
         .bind(lead_id)
         .bind(event_id)
@@ -222,7 +323,7 @@ impl Store for SqliteStore {
             log_event(&mut tx, lead_id, event_id, "score", &json!(card)).await?;
         }
         let row = sqlx::query(
-            "SELECT score, confidence, tone, reasoning, model FROM scores WHERE event_id = ?",
+            "SELECT score, confidence, tone, reasoning, model FROM scores WHERE event_id = $1",
         )
         .bind(event_id)
         .fetch_one(&mut *tx)
@@ -248,9 +349,9 @@ impl Store for SqliteStore {
         let mut inserted = 0;
         for m in &decision.messages {
             inserted += sqlx::query(
-                "INSERT OR IGNORE INTO messages (lead_id, event_id, idempotency_key, channel, track,
+                "INSERT INTO messages (lead_id, event_id, idempotency_key, channel, track,
                      template, recipient, subject, body, status, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
             )
             .bind(decision.lead_id)
             .bind(&decision.event_id)
@@ -269,8 +370,8 @@ impl Store for SqliteStore {
         }
         if !decision.review_reasons.is_empty() {
             inserted += sqlx::query(
-                "INSERT OR IGNORE INTO review_tasks (lead_id, event_id, title, reasons, created_at)
-                 VALUES (?, ?, 'AI draft to review', ?, ?)",
+                "INSERT INTO review_tasks (lead_id, event_id, title, reasons, created_at)
+                 VALUES ($1, $2, 'AI draft to review', $3, $4) ON CONFLICT DO NOTHING",
             )
             .bind(decision.lead_id)
             .bind(&decision.event_id)
@@ -281,7 +382,7 @@ impl Store for SqliteStore {
             .rows_affected();
         }
         let logged: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM events WHERE event_id = ? AND stage = 'route'",
+            "SELECT COUNT(*) FROM events WHERE event_id = $1 AND stage = 'route'",
         )
         .bind(&decision.event_id)
         .fetch_one(&mut *tx)
@@ -291,7 +392,7 @@ impl Store for SqliteStore {
                 log_event(&mut tx, decision.lead_id, &decision.event_id, stage, detail).await?;
             }
         }
-        let rows = sqlx::query("SELECT * FROM messages WHERE event_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT * FROM messages WHERE event_id = $1 ORDER BY id")
             .bind(&decision.event_id)
             .fetch_all(&mut *tx)
             .await?;
@@ -305,8 +406,8 @@ impl Store for SqliteStore {
     async fn finish(&self, p: &Processed) -> Result<bool, StoreError> {
         let (_writer, mut tx) = self.begin().await?;
         let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO processed (event_id, lead_id, track, outcome, latency_ms, processed_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO processed (event_id, lead_id, track, outcome, latency_ms, processed_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(&p.event_id)
         .bind(p.lead_id)
@@ -318,7 +419,7 @@ impl Store for SqliteStore {
         .await?
         .rows_affected();
         if p.outcome == crate::pipeline::Outcome::Sent {
-            sqlx::query("UPDATE messages SET status = 'sent', sent_at = ? WHERE event_id = ? AND status = 'pending'")
+            sqlx::query("UPDATE messages SET status = 'sent', sent_at = $1 WHERE event_id = $2 AND status = 'pending'")
                 .bind(now_ms())
                 .bind(&p.event_id)
                 .execute(&mut *tx)
@@ -347,17 +448,21 @@ impl Store for SqliteStore {
         let percentile = |p: f64| ((processed as f64 - 1.0) * p).round().max(0.0) as i64;
         let latency_at = |offset: i64| {
             sqlx::query_scalar::<_, i64>(
-                "SELECT latency_ms FROM processed ORDER BY latency_ms LIMIT 1 OFFSET ?",
+                "SELECT latency_ms FROM processed ORDER BY latency_ms LIMIT 1 OFFSET $1",
             )
             .bind(offset)
             .fetch_optional(&self.pool)
         };
         let p50 = latency_at(percentile(0.50)).await?.unwrap_or(0);
         let p99 = latency_at(percentile(0.99)).await?.unwrap_or(0);
-        let reasons: Vec<(String,)> =
-            sqlx::query_as("SELECT value FROM review_tasks, json_each(review_tasks.reasons)")
-                .fetch_all(&self.pool)
-                .await?;
+        let reasons: Vec<(String,)> = sqlx::query_as(match self.backend {
+            Backend::Sqlite => "SELECT value FROM review_tasks, json_each(review_tasks.reasons)",
+            Backend::Postgres => {
+                "SELECT jsonb_array_elements_text(reasons::jsonb) FROM review_tasks"
+            }
+        })
+        .fetch_all(&self.pool)
+        .await?;
         let mut review_reasons = std::collections::BTreeMap::new();
         for (reason,) in reasons {
             let code = reason
@@ -383,7 +488,7 @@ impl Store for SqliteStore {
     async fn event_status(&self, event_id: &str) -> Result<Option<EventStatus>, StoreError> {
         let row = sqlx::query(
             "SELECT i.lead_id, p.track, p.outcome FROM interactions i
-             LEFT JOIN processed p ON p.event_id = i.event_id WHERE i.event_id = ?",
+             LEFT JOIN processed p ON p.event_id = i.event_id WHERE i.event_id = $1",
         )
         .bind(event_id)
         .fetch_optional(&self.pool)
@@ -400,7 +505,7 @@ impl Store for SqliteStore {
     }
 
     async fn lead_view(&self, lead_id: i64) -> Result<Option<LeadView>, StoreError> {
-        let Some(lead) = sqlx::query("SELECT email, profile FROM leads WHERE id = ?")
+        let Some(lead) = sqlx::query("SELECT email, profile FROM leads WHERE id = $1")
             .bind(lead_id)
             .fetch_optional(&self.pool)
             .await?
@@ -408,11 +513,12 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let rows = |sql: &'static str| sqlx::query(sql).bind(lead_id).fetch_all(&self.pool);
-        let interactions = rows("SELECT * FROM interactions WHERE lead_id = ? ORDER BY id").await?;
-        let scores = rows("SELECT * FROM scores WHERE lead_id = ? ORDER BY id").await?;
-        let messages = rows("SELECT * FROM messages WHERE lead_id = ? ORDER BY id").await?;
-        let tasks = rows("SELECT * FROM review_tasks WHERE lead_id = ? ORDER BY id").await?;
-        let events = rows("SELECT * FROM events WHERE lead_id = ? ORDER BY id").await?;
+        let interactions =
+            rows("SELECT * FROM interactions WHERE lead_id = $1 ORDER BY id").await?;
+        let scores = rows("SELECT * FROM scores WHERE lead_id = $1 ORDER BY id").await?;
+        let messages = rows("SELECT * FROM messages WHERE lead_id = $1 ORDER BY id").await?;
+        let tasks = rows("SELECT * FROM review_tasks WHERE lead_id = $1 ORDER BY id").await?;
+        let events = rows("SELECT * FROM events WHERE lead_id = $1 ORDER BY id").await?;
 
         Ok(Some(LeadView {
             id: lead_id,
