@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{outbox_files, wait_for};
+use common::{Backends, outbox_files, test_backends, wait_for};
 use nurture::replay::{ReplayOptions, replay};
 use serde_json::{Value, json};
 
@@ -19,8 +19,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_server(dir: &Path, port: u16) -> Child {
+fn spawn_server(dir: &Path, port: u16, backends: &Option<Backends>) -> Child {
+    let env = backends.as_ref().map(Backends::env).unwrap_or_default();
     Command::new(env!("CARGO_BIN_EXE_nurture"))
+        .envs(env)
         .args([
             "serve",
             "--listen",
@@ -98,10 +100,11 @@ async fn assert_exactly_once(client: &reqwest::Client, base: &str, dir: &Path, e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_leads_survive_a_kill_before_the_workers_finish() {
     let dir = tempfile::tempdir().unwrap();
+    let backends = test_backends();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &backends);
     wait_until_up(&client, &base).await;
 
     let options = ReplayOptions {
@@ -120,20 +123,24 @@ async fn accepted_leads_survive_a_kill_before_the_workers_finish() {
         processed_before < 500,
         "workers finished before the kill; the test proves nothing"
     );
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &backends);
     wait_until_up(&client, &base).await;
     assert_exactly_once(&client, &base, dir.path(), 500).await;
     server.kill().unwrap();
     server.wait().unwrap();
+    if let Some(b) = &backends {
+        b.remove(&nurture::config::Settings::default()).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_in_the_middle_of_intake_loses_nothing_the_sender_was_told_was_queued() {
     let dir = tempfile::tempdir().unwrap();
+    let backends = test_backends();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &backends);
     wait_until_up(&client, &base).await;
 
     // The sender keeps retrying refused connections with backoff, like a webhook source.
@@ -152,7 +159,7 @@ async fn a_kill_in_the_middle_of_intake_loses_nothing_the_sender_was_told_was_qu
     server.kill().unwrap();
     server.wait().unwrap();
     assert!(mid_intake, "intake never reached 150 leads");
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &backends);
     let posted = sender.await.unwrap();
 
     // A lead committed just before the kill, whose 202 was lost, comes back as a duplicate.
@@ -161,15 +168,19 @@ async fn a_kill_in_the_middle_of_intake_loses_nothing_the_sender_was_told_was_qu
     assert_exactly_once(&client, &base, dir.path(), 500).await;
     server.kill().unwrap();
     server.wait().unwrap();
+    if let Some(b) = &backends {
+        b.remove(&nurture::config::Settings::default()).await;
+    }
 }
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
+    let backends = test_backends();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &backends);
     wait_until_up(&client, &base).await;
     let options = ReplayOptions {
         url: base.clone(),
@@ -190,9 +201,12 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
 
     assert!(status.success(), "exit status {status}");
     // Whatever was in flight finished; the rest waits in the queue for the next start.
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &backends);
     wait_until_up(&client, &base).await;
     assert_exactly_once(&client, &base, dir.path(), 50).await;
     server.kill().unwrap();
     server.wait().unwrap();
+    if let Some(b) = &backends {
+        b.remove(&nurture::config::Settings::default()).await;
+    }
 }

@@ -406,6 +406,48 @@ impl RabbitQueue {
     }
 }
 
+/// Deletes every queue of the topology under `settings.queue_prefix` (for tests and for
+/// tearing down a deployment); messages in them are lost.
+pub async fn delete_topology(
+    url: &str,
+    settings: &RabbitSettings,
+    worker: &WorkerSettings,
+) -> Result<(), QueueError> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(amqp)?;
+    let channel = connection.create_channel().await.map_err(amqp)?;
+    let names = Names::new(&settings.queue_prefix);
+    let retries = retry_delays(worker).into_iter().map(|d| names.retry(d));
+    for name in [names.leads.clone(), names.dead.clone()]
+        .into_iter()
+        .chain(retries)
+    {
+        channel
+            .queue_delete(
+                name.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .map_err(amqp)?;
+    }
+    let _ = connection.close(200, "deleted".into()).await;
+    Ok(())
+}
+
+/// Delay of each retry step (one per attempt before the last), from the backoff settings.
+fn retry_delays(w: &WorkerSettings) -> Vec<u64> {
+    (1..w.max_attempts)
+        .map(|attempt| {
+            let exponent = (attempt - 1).min(32);
+            w.backoff_base_ms
+                .saturating_mul(1u64 << exponent)
+                .min(w.backoff_max_ms)
+                .max(1)
+        })
+        .collect()
+}
+
 fn amqp(e: lapin::Error) -> QueueError {
     QueueError(format!("rabbitmq: {e}"))
 }
@@ -455,7 +497,8 @@ fn with_event_id(payload: &[u8], event_id: &str) -> Result<Vec<u8>, QueueError> 
 #[async_trait]
 impl Queue for RabbitQueue {
     async fn enqueue(&self, message: NewMessage) -> Result<Enqueued, QueueError> {
-        let stale_after_ms = self.settings.confirm_timeout_seconds as i64 * 3_000;
+        // A claim older than twice the confirm timeout belongs to a publisher that died.
+        let stale_after_ms = self.settings.confirm_timeout_seconds as i64 * 2_000;
         let event_id = match self
             .log
             .claim(&message.dedup_keys, &message.event_id, stale_after_ms)

@@ -145,7 +145,8 @@ enum Answer {
 }
 
 async fn post_with_retry(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Answer {
-    for attempt in 1..=8u32 {
+    // About a minute of retries: long enough to ride out a restart or a broker failover.
+    for attempt in 1..=16u32 {
         let sent = client
             .post(url)
             .header("content-type", "application/json")

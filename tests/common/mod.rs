@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nurture::config::Settings;
+use nurture::config::{QueueKind, SecretUrl, Settings};
 use nurture::server::{self, Running};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,71 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
     pub running: Option<Running>,
+    pub backends: Option<Backends>,
+}
+
+/// `NURTURE_TEST_BACKEND=production` runs the suite on RabbitMQ and PostgreSQL instead of the
+/// embedded default.
+pub fn is_production() -> bool {
+    std::env::var("NURTURE_TEST_BACKEND").as_deref() == Ok("production")
+}
+
+/// A fresh PostgreSQL database and RabbitMQ queue prefix for one test.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub database_url: String,
+    pub queue_prefix: String,
+}
+
+impl Backends {
+    /// New names; nothing is created until a process connects.
+    pub fn fresh() -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        Self {
+            database_url: format!("postgres://postgres@127.0.0.1:5432/nurture_t_{id}"),
+            queue_prefix: format!("t{id}"),
+        }
+    }
+
+    /// Points settings at these backends.
+    pub fn apply(&self, settings: &mut Settings) {
+        settings.queue = QueueKind::Rabbitmq;
+        settings.database_url = Some(SecretUrl(self.database_url.clone()));
+        settings.rabbitmq.queue_prefix = self.queue_prefix.clone();
+    }
+
+    /// The same as environment variables, for child processes.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("NURTURE__QUEUE".into(), "rabbitmq".into()),
+            ("NURTURE__DATABASE_URL".into(), self.database_url.clone()),
+            (
+                "NURTURE__RABBITMQ__QUEUE_PREFIX".into(),
+                self.queue_prefix.clone(),
+            ),
+        ]
+    }
+
+    /// Deletes the queues and the database.
+    pub async fn remove(&self, settings: &Settings) {
+        let mut rabbit = settings.rabbitmq.clone();
+        rabbit.queue_prefix = self.queue_prefix.clone();
+        let _ = nurture::queue::rabbit::delete_topology(
+            settings.amqp_url.expose(),
+            &rabbit,
+            &settings.worker,
+        )
+        .await;
+        let _ = <sqlx::Postgres as sqlx::migrate::MigrateDatabase>::force_drop_database(
+            &self.database_url,
+        )
+        .await;
+    }
+}
+
+/// Backends for a test: fresh production ones when asked for, none (embedded) otherwise.
+pub fn test_backends() -> Option<Backends> {
+    is_production().then(Backends::fresh)
 }
 
 /// Settings for a test: port 0, a fresh temp dir, fast polling.
@@ -35,6 +100,10 @@ impl TestApp {
     pub async fn start(adjust: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = test_settings(dir.path());
+        let backends = test_backends();
+        if let Some(b) = &backends {
+            b.apply(&mut settings);
+        }
         adjust(&mut settings);
         let running = server::start(settings, CancellationToken::new())
             .await
@@ -44,6 +113,7 @@ impl TestApp {
             dir,
             client: reqwest::Client::new(),
             running: Some(running),
+            backends,
         }
     }
 
@@ -136,10 +206,17 @@ impl TestApp {
         outbox_files(self.dir.path(), channel)
     }
 
-    /// Stops the server and its workers cleanly.
+    /// Stops the server and its workers cleanly, and removes production backends.
     pub async fn stop(mut self) {
+        let settings = self
+            .running
+            .as_ref()
+            .map(|r| r.state.settings.as_ref().clone());
         if let Some(running) = self.running.take() {
             running.stop().await.unwrap();
+        }
+        if let (Some(backends), Some(settings)) = (&self.backends, settings) {
+            backends.remove(&settings).await;
         }
     }
 }
