@@ -505,8 +505,10 @@ mod tests {
 
     #[test]
     fn passwords_are_masked_in_config_show() {
-        let mut settings = Settings::default();
-        settings.database_url = Some(SecretUrl("postgres://app:s3cret@db.example.com/crm".into()));
+        let settings = Settings {
+            database_url: Some(SecretUrl("postgres://app:s3cret@db.example.com/crm".into())),
+            ..Settings::default()
+        };
 
         let shown = settings.to_toml();
 
