@@ -146,9 +146,11 @@ async fn a_stage_that_always_fails_ends_in_the_dead_letter_queue_with_its_reason
     assert!(kept, "listing dead letters lost some");
     queue_shutdown.cancel();
     if let Some(b) = &backends {
-        let mut settings_for_cleanup = nurture::config::Settings::default();
-        settings_for_cleanup.worker = settings;
-        b.remove(&settings_for_cleanup).await;
+        let cleanup = nurture::config::Settings {
+            worker: settings,
+            ..Default::default()
+        };
+        b.remove(&cleanup).await;
     }
 }
 

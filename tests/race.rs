@@ -13,7 +13,7 @@ use nurture::channels::Outbox;
 use nurture::config::Settings;
 use nurture::lead::{Consent, Email, Lead, LeadEvent};
 use nurture::pipeline::{Composer, Guard, Pipeline};
-use nurture::store::{SqlStore, Store as _};
+use nurture::store::SqlStore;
 
 async fn worker(settings: &Settings, data_dir: &Path) -> Pipeline {
     let store = SqlStore::connect(&settings.effective_database_url(), 8)
