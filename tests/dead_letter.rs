@@ -168,3 +168,61 @@ where
     }
     false
 }
+
+#[tokio::test]
+async fn a_truncated_message_on_the_broker_is_dead_lettered_and_leads_behind_it_flow() {
+    if !common::is_production() {
+        eprintln!("SKIPPING: runs with NURTURE_TEST_BACKEND=production (RabbitMQ and PostgreSQL)");
+        return;
+    }
+    use lapin::options::BasicPublishOptions;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    let app = common::TestApp::start(|_| {}).await;
+    let prefix = app.backends.as_ref().unwrap().queue_prefix.clone();
+    let url = nurture::config::Settings::default()
+        .amqp_url
+        .expose()
+        .to_owned();
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let truncated = br#"{"event_id":"cut-short","received_at_ms":1,"lead":{"email":"a@exa"#;
+
+    channel
+        .basic_publish(
+            "".into(),
+            format!("{prefix}.leads").as_str().into(),
+            BasicPublishOptions::default(),
+            truncated,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let (status, _) = app
+            .post(&common::flat_lead(&format!("behind-{i}@example.com")))
+            .await;
+        assert_eq!(status, 202);
+    }
+
+    let stats = app.wait_processed(21).await;
+    assert_eq!(
+        (stats["processed"].as_u64(), stats["dead_lettered"].as_u64()),
+        (Some(20), Some(1)),
+        "{stats}"
+    );
+    let state = app.running.as_ref().unwrap().state.clone();
+    let letters = state.queue.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1);
+    assert!(
+        letters[0].reason.starts_with("unparseable queue message"),
+        "{}",
+        letters[0].reason
+    );
+    let _ = connection.close(200, "done".into()).await;
+    app.stop().await;
+}
