@@ -132,6 +132,11 @@ pub struct IngestSettings {
     pub duplicate_window_hours: u32,
     /// Longest accepted free-text answer, in characters; longer ones get 422.
     pub max_answer_chars: usize,
+    /// Longest wait for the queue to make a lead durable before answering 503 (webhook
+    /// senders such as Tally give up after 10 s).
+    pub enqueue_timeout_seconds: u64,
+    /// Longest time a request may take, body upload included, before 408.
+    pub request_timeout_seconds: u64,
 }
 
 impl Default for IngestSettings {
@@ -140,6 +145,8 @@ impl Default for IngestSettings {
             max_body_bytes: 256 * 1024,
             duplicate_window_hours: 24,
             max_answer_chars: 4000,
+            enqueue_timeout_seconds: 5,
+            request_timeout_seconds: 30,
         }
     }
 }
@@ -451,7 +458,46 @@ impl Settings {
         if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
             return invalid("worker.concurrency and worker.max_attempts must be at least 1".into());
         }
-        crate::ai::points::check_rules(&self.score.rules).map_err(ConfigError::Invalid)
+        self.check_ranges()?;
+        crate::ai::points::check_rules(&self.score.rules).map_err(ConfigError::Invalid)?;
+        // Built here once so that a bad sender or pattern stops start-up (and `config show`)
+        // instead of failing every lead later.
+        self.compose
+            .email_from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| ConfigError::Invalid(format!("compose.email_from: {e}")))?;
+        crate::pipeline::Guard::new(self.guard.clone())
+            .map_err(|e| ConfigError::Invalid(format!("guard pattern: {e}")))?;
+        Ok(())
+    }
+
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(track) = self
+            .route
+            .channels
+            .keys()
+            .find(|t| !["drip", "active", "hot"].contains(&t.as_str()))
+        {
+            return invalid(format!(
+                "route.channels.{track}: unknown track (drip, active, hot)"
+            ));
+        }
+        if self.route.hot_above >= 100 || self.route.active_from == 0 {
+            return invalid(
+                "route.hot_above must be below 100 and route.active_from above 0".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.act.min_confidence) {
+            return invalid(format!(
+                "act.min_confidence ({}) must be within 0..=1",
+                self.act.min_confidence
+            ));
+        }
+        if self.ingest.max_body_bytes < 1024 || self.ingest.enqueue_timeout_seconds == 0 {
+            return invalid("ingest.max_body_bytes must be at least 1024 and ingest.enqueue_timeout_seconds at least 1".into());
+        }
+        Ok(())
     }
 
     /// The CRM database URL in effect.
@@ -501,6 +547,24 @@ mod tests {
         assert_eq!(settings.route.hot_above, 80);
         assert_eq!(settings.route.active_from, 30);
         assert_eq!(settings.data_dir, PathBuf::from("/tmp/y"));
+    }
+
+    #[test]
+    fn mistakes_that_would_fail_every_lead_stop_start_up() {
+        let load = |toml: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("n.toml");
+            std::fs::write(&path, toml).unwrap();
+            Settings::load(Some(&path), &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+
+        assert!(load("[compose]\nemail_from = \"not an address\"\n").contains("email_from"));
+        assert!(load("[guard]\nextra_forbidden_phrases = [\"(\"]\n").contains("guard pattern"));
+        assert!(load("[route.channels]\nwarm = [\"email\"]\n").contains("warm"));
+        assert!(load("[route]\nhot_above = 150\n").contains("hot_above"));
+        assert!(load("[act]\nmin_confidence = 5.0\n").contains("min_confidence"));
     }
 
     #[test]

@@ -101,7 +101,12 @@ fn check_domain(domain: &str) -> Result<String, InvalidField> {
             && !label.ends_with('-')
             && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     });
-    if !labels_ok || !ascii.contains('.') {
+    // A top-level domain has a letter: `a@1.2` and `a@127.0.0.1` are not mail domains.
+    let has_tld = ascii
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.chars().any(|c| c.is_ascii_alphabetic()));
+    if !labels_ok || !ascii.contains('.') || !has_tld {
         return Err(invalid("has a domain that is not a valid host name"));
     }
     Ok(ascii)
@@ -326,6 +331,8 @@ mod tests {
             "осман@пример.example",
             "a b@example.com",
             "a@localhost",
+            "a@127.0.0.1",
+            "a@1.2",
         ] {
             assert!(Email::parse(bad).is_err(), "accepted {bad:?}");
         }

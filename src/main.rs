@@ -186,6 +186,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut settings = args.settings()?;
             if args.data_dir.is_none() {
                 settings.data_dir = demo::fresh_data_dir(&settings.data_dir)?;
+            } else if settings.data_dir.join("nurture.db").exists() {
+                eprintln!(
+                    "note: {} holds an earlier run; the summary counts its leads too",
+                    settings.data_dir.display()
+                );
             }
             server::cancel_on_signal(shutdown.clone());
             let options = demo::DemoOptions {

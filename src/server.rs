@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
+use axum::http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::info;
 
@@ -18,6 +20,9 @@ use crate::config::{QueueKind, Settings};
 use crate::pipeline::{Composer, Guard, Pipeline, run_workers};
 use crate::queue::{EmbeddedQueue, Queue, RabbitQueue, Role};
 use crate::store::{SqlStore, Store};
+
+/// How long a stopping server waits for open connections.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every HTTP handler can reach.
 #[derive(Clone)]
@@ -46,10 +51,14 @@ impl Running {
     /// requests, and every worker finish the lead it holds.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
-        self.server
-            .await
-            .context("server task failed")?
-            .context("server failed")?;
+        // Connections still open after the grace period (a client that stalls mid-request)
+        // are cut, so a stop never waits on a client.
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(served) => served
+                .context("server task failed")?
+                .context("server failed")?,
+            Err(_) => self.server.abort(),
+        }
         while self.workers.join_next().await.is_some() {}
         info!("NurtureStopped");
         Ok(())
@@ -118,8 +127,13 @@ pub async fn start_part(
             settings.ingest.max_body_bytes,
         ));
     }
+    let request_timeout = std::time::Duration::from_secs(settings.ingest.request_timeout_seconds);
     let app = app
         .layer(TraceLayer::new_for_http())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .with_state(state.clone());
     let listener = TcpListener::bind(settings.listen)
         .await

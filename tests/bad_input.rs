@@ -98,6 +98,40 @@ async fn each_bad_input_gets_its_status_code_and_names_the_field() {
 }
 
 #[tokio::test]
+async fn deep_nesting_is_refused_at_the_door_instead_of_dead_lettered_later() {
+    let app = TestApp::start(|_| {}).await;
+    let deep = format!("{}{}", "[".repeat(125), "]".repeat(125));
+    let body = format!(r#"{{"email":"deep@example.com","consent":true,"answers":{{"a":{deep}}}}}"#);
+
+    let (status, code, field) = refused(&app, body, "application/json").await;
+
+    assert_eq!((status, code.as_str()), (422, "invalid_field"));
+    assert!(field.as_str().unwrap().starts_with("answers.a"), "{field}");
+    assert_eq!(app.get("/api/stats").await.1["received"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn error_messages_speak_json_not_rust_type_names() {
+    let app = TestApp::start(|_| {}).await;
+
+    let (_, consent) = app
+        .post(&json!({ "email": "c@example.com", "consent": "yes" }))
+        .await;
+    let (_, contact) = app.post(&json!({ "contact": "nope" })).await;
+    let (_, country) = app
+        .post(&json!({ "email": "c@example.com", "country": "UK" }))
+        .await;
+
+    let message = |v: &Value| v["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message(&consent).contains("true, false"), "{consent}");
+    assert!(!message(&consent).contains("FlatConsent"));
+    assert!(!message(&contact).contains("V1Contact"), "{contact}");
+    assert_eq!(country["error"]["field"], "country");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_header_injection_name_is_refused_before_it_can_reach_an_email() {
     let app = TestApp::start(|_| {}).await;
     let cases: Value = serde_json::from_slice(

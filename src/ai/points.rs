@@ -105,7 +105,7 @@ fn rule_holds(rule: &ScoreRule, value: &str) -> bool {
                 .any(|win| win == parts.as_slice())
         });
     }
-    let Ok(number) = lower.parse::<f64>() else {
+    let Some(number) = lower.parse::<f64>().ok().filter(|n| n.is_finite()) else {
         return false;
     };
     match (rule.at_least, rule.below) {
@@ -341,6 +341,17 @@ mod tests {
         let card = scorer.score_now(&lead(Some("MVP developer"), "x"));
 
         assert_eq!(card.score.value(), 10);
+    }
+
+    #[test]
+    fn infinite_numbers_in_text_do_not_earn_points() {
+        let scorer = PointsScorer::new(ScoreSettings::default(), RouteSettings::default());
+        let mut lead = lead(None, "x");
+        lead.answers
+            .insert("monthly_budget_usd".into(), "inf".into());
+        lead.behaviour.insert("total_visits".into(), "1e999".into());
+
+        assert_eq!(scorer.score_now(&lead).score.value(), 10);
     }
 
     #[test]

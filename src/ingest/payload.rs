@@ -152,8 +152,7 @@ fn typed<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, PayloadEr
         } else {
             format!("{prefix}{path}")
         };
-        let problem = e.into_inner().to_string();
-        PayloadError::invalid(field, problem)
+        PayloadError::invalid(field, plain_serde_message(&e.into_inner().to_string()))
     })
 }
 
@@ -250,9 +249,7 @@ fn build(raw: Raw, prefix: &str, max_answer_chars: usize) -> Result<Lead, Payloa
     let job_title = short("job_title", raw.job_title)?;
     let phone_raw = short("phone", raw.phone)?;
     let country = match short("country", raw.country)? {
-        Some(c) if c.len() == 2 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
-            Some(c.to_ascii_uppercase())
-        }
+        Some(c) if is_iso_country(&c) => Some(c.to_ascii_uppercase()),
         Some(_) => {
             return Err(PayloadError::invalid(
                 field("country"),
@@ -298,6 +295,31 @@ fn build(raw: Raw, prefix: &str, max_answer_chars: usize) -> Result<Lead, Payloa
     })
 }
 
+/// An ISO 3166 alpha-2 code that numbering plans know (`GB`, not `UK` or `ZZ`).
+fn is_iso_country(code: &str) -> bool {
+    code.len() == 2
+        && code
+            .to_ascii_uppercase()
+            .parse::<phonenumber::country::Id>()
+            .is_ok()
+}
+
+/// serde's messages name our Rust types; the sender should read JSON words instead.
+fn plain_serde_message(message: &str) -> String {
+    if message.contains("untagged enum FlatConsent") {
+        return "must be true, false or {\"email_marketing\": bool, \"sms_marketing\": bool}"
+            .into();
+    }
+    let words = [("struct ", "an object"), ("a map", "an object")];
+    let mut out = message.to_owned();
+    for (rust, json) in words {
+        if let Some(start) = out.find(&format!("expected {rust}")) {
+            out = format!("{}expected {json}", &out[..start]);
+        }
+    }
+    out
+}
+
 /// Trims a short header-bound text; blank becomes `None`; CR/LF/NUL and overlong are refused.
 fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, PayloadError> {
     let Some(value) = value else { return Ok(None) };
@@ -313,7 +335,22 @@ fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, Payl
 }
 
 /// Refuses any string longer than `max` characters anywhere inside `value`.
+/// Also refuses nesting deeper than `MAX_DEPTH`: the queued event wraps these values in more
+/// levels, and must stay parseable by the worker (serde_json stops at 128).
 fn check_strings(path: &str, value: &Value, max: usize) -> Result<(), PayloadError> {
+    check_value(path, value, max, 0)
+}
+
+/// Deepest nesting accepted inside `answers` or `behaviour`.
+const MAX_DEPTH: usize = 16;
+
+fn check_value(path: &str, value: &Value, max: usize, depth: usize) -> Result<(), PayloadError> {
+    if depth > MAX_DEPTH {
+        return Err(PayloadError::invalid(
+            path,
+            format!("is nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
     match value {
         Value::String(s) if s.chars().count() > max => Err(PayloadError::invalid(
             path,
@@ -322,10 +359,10 @@ fn check_strings(path: &str, value: &Value, max: usize) -> Result<(), PayloadErr
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(i, v)| check_strings(&format!("{path}[{i}]"), v, max)),
+            .try_for_each(|(i, v)| check_value(&format!("{path}[{i}]"), v, max, depth + 1)),
         Value::Object(map) => map
             .iter()
-            .try_for_each(|(k, v)| check_strings(&format!("{path}.{k}"), v, max)),
+            .try_for_each(|(k, v)| check_value(&format!("{path}.{k}"), v, max, depth + 1)),
         _ => Ok(()),
     }
 }

@@ -71,12 +71,13 @@ async fn accept(
         ),
         payload: serde_json::to_vec(&event).map_err(|e| ApiError::unavailable(&e))?,
     };
-    match state
-        .queue
-        .enqueue(message)
+    // A slow queue (a locked file, a broker that does not confirm) becomes a 503 the sender
+    // retries. If the commit lands after the timeout, the retry is answered as a duplicate.
+    let timeout = std::time::Duration::from_secs(state.settings.ingest.enqueue_timeout_seconds);
+    let enqueued = tokio::time::timeout(timeout, state.queue.enqueue(message))
         .await
-        .map_err(|e| ApiError::unavailable(&e))?
-    {
+        .map_err(|_| ApiError::unavailable(&format!("queue did not commit within {timeout:?}")))?;
+    match enqueued.map_err(|e| ApiError::unavailable(&e))? {
         Enqueued::Queued { event_id } => {
             telemetry::lead_received();
             info!(%event_id, "LeadAccepted");

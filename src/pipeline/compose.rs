@@ -205,10 +205,10 @@ impl Composer {
             .join(" ");
         context! {
             lead_id => input.lead_id,
-            greeting_name => lead.greeting_name(),
-            full_name => full_name,
-            company => &lead.company,
-            job_title => &lead.job_title,
+            greeting_name => lead.greeting_name().map(plain),
+            full_name => plain(&full_name),
+            company => lead.company.as_deref().map(plain),
+            job_title => lead.job_title.as_deref().map(plain),
             returning => input.is_returning,
             track => input.track.as_str(),
             score => input.card.score.value(),
@@ -251,6 +251,20 @@ impl Composer {
             .map(|(slug, _)| slug.clone())
             .unwrap_or_else(|| "generic".into())
     }
+}
+
+/// The lead's own text without control characters, bidirectional overrides or zero-width
+/// characters, which could garble or disguise a Slack alert or an SMS.
+fn plain(text: &str) -> String {
+    let hidden = |c: &char| {
+        c.is_control()
+            || matches!(*c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    text.chars()
+        .filter(|c| !hidden(c))
+        .collect::<String>()
+        .trim()
+        .to_owned()
 }
 
 /// Splits `Subject: …` off the first line of an email template's output.

@@ -144,19 +144,34 @@ pub fn bodies_from_csv_bytes(
             .map(|(h, v)| (h.as_str(), v.trim()))
             .filter(|(_, v)| !mapping.missing.iter().any(|m| m == v))
             .collect();
-        bodies.push(serde_json::to_vec(&row_to_body(&row, index + 1, mapping))?);
+        bodies.push(serde_json::to_vec(&row_to_body(&row, mapping))?);
     }
     Ok(bodies)
 }
 
-fn row_to_body(row: &BTreeMap<&str, &str>, row_number: usize, mapping: &Mapping) -> Value {
+/// An id for a row without an id column: a hash of its cells, so the same row in two files
+/// (a sample and its full data set) is one lead, and different rows never collide by their
+/// position.
+fn content_id(row: &BTreeMap<&str, &str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (column, value) in row {
+        hasher.update(column.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+fn row_to_body(row: &BTreeMap<&str, &str>, mapping: &Mapping) -> Value {
     let cell = |column: &String| row.get(column.as_str()).copied();
     let id = mapping
         .id_column
         .as_ref()
         .and_then(cell)
         .map(String::from)
-        .unwrap_or_else(|| row_number.to_string());
+        .unwrap_or_else(|| content_id(row));
     let id = format!("{}{id}", mapping.id_prefix);
 
     let mut contact: Map<String, Value> = mapping
@@ -251,6 +266,33 @@ mod tests {
         assert_eq!(first["idempotency_key"], json!("t-7"));
         assert_eq!(second["contact"]["job_title"], json!("CEO"));
         assert_eq!(second["consent"]["email_marketing"], json!(false));
+    }
+
+    #[test]
+    fn rows_without_an_id_are_known_by_their_content_not_their_position() {
+        let mapping: Mapping =
+            toml::from_str("dataset = \"t\"\n[answers]\nage = \"age\"\n").unwrap();
+        let ids = |csv: &str| -> Vec<String> {
+            bodies_from_csv_bytes("t.csv", csv.as_bytes(), &mapping)
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    serde_json::from_slice::<Value>(b).unwrap()["idempotency_key"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        };
+
+        let sample = ids("age,job\n56,housemaid\n");
+        let full = ids("age,job\n30,blue-collar\n56,housemaid\n");
+
+        assert_ne!(
+            full[0], sample[0],
+            "row 1 of each file is a different person"
+        );
+        assert_eq!(full[1], sample[0], "the same row in both files is one lead");
     }
 
     #[test]
