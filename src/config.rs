@@ -587,6 +587,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_production_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("nurture.production.example.toml");
+
+        let settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
+
+        assert_eq!(settings.queue, QueueKind::Rabbitmq);
+        assert!(settings.effective_database_url().starts_with("postgres://"));
+    }
+
+    #[test]
     fn the_shipped_example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("nurture.example.toml");
 
