@@ -56,9 +56,26 @@ pub fn lead_rejected(code: &'static str) {
     metrics::counter!("nurture_leads_rejected_total", "code" => code).increment(1);
 }
 
-/// Counts a lead sent to the dead-letter state.
-pub fn lead_dead_lettered() {
-    metrics::counter!("nurture_leads_dead_lettered_total").increment(1);
+/// Why a lead was dead-lettered, as a bounded metric label.
+#[derive(Debug, Clone, Copy)]
+pub enum DeadLetterCause {
+    /// The queued message could not be parsed.
+    Unparseable,
+    /// A stage kept failing until the last attempt.
+    RetriesExhausted,
+    /// The worker holding it died or hung on every attempt.
+    LeaseExpired,
+}
+
+/// Counts a lead sent to the dead-letter state, by cause, with the attempts it took.
+pub fn lead_dead_lettered(cause: DeadLetterCause, attempts: u32) {
+    let cause = match cause {
+        DeadLetterCause::Unparseable => "unparseable",
+        DeadLetterCause::RetriesExhausted => "retries_exhausted",
+        DeadLetterCause::LeaseExpired => "lease_expired",
+    };
+    metrics::counter!("nurture_leads_dead_lettered_total", "cause" => cause).increment(1);
+    metrics::histogram!("nurture_dead_letter_attempts").record(f64::from(attempts));
 }
 
 /// Records a handled lead: counter by track and outcome, end-to-end latency, guard blocks.

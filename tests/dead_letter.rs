@@ -109,6 +109,7 @@ async fn a_stage_that_always_fails_ends_in_the_dead_letter_queue_with_its_reason
             .await
             .unwrap();
     }
+    nurture::telemetry::prometheus();
     let stage = Arc::new(FlakyStage {
         calls_on_failing: AtomicU32::new(0),
     });
@@ -141,6 +142,12 @@ async fn a_stage_that_always_fails_ends_in_the_dead_letter_queue_with_its_reason
         ]
     );
     assert_eq!(stage.calls_on_failing.load(Ordering::SeqCst), 4);
+    let metrics = nurture::telemetry::prometheus().render();
+    for cause in ["retries_exhausted", "unparseable"] {
+        let line = format!("nurture_leads_dead_lettered_total{{cause=\"{cause}\"}}");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+    assert!(metrics.contains("nurture_dead_letter_attempts"));
     // Listing puts the letters back (on RabbitMQ asynchronously): they are still there.
     let kept = common_wait(|| async { queue.stats().await.unwrap().dead_lettered == 2 }).await;
     assert!(kept, "listing dead letters lost some");
@@ -222,6 +229,14 @@ async fn a_truncated_message_on_the_broker_is_dead_lettered_and_leads_behind_it_
         letters[0].reason.starts_with("unparseable queue message"),
         "{}",
         letters[0].reason
+    );
+    let (_, stats) = app.get("/api/stats").await;
+    assert_eq!(stats["dead_letters"][0]["attempts"], 1, "{stats}");
+    assert!(
+        stats["dead_letters"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unparseable")
     );
     let _ = connection.close(200, "done".into()).await;
     app.stop().await;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::ApiError;
+use crate::queue::DeadLetter;
 use crate::server::AppState;
 use crate::store::{EventStatus, LeadView};
 
@@ -35,6 +36,9 @@ pub struct Stats {
     pub e2e_latency_ms: Latency,
     /// Review tasks per reason code.
     pub review_reasons: BTreeMap<String, u64>,
+    /// The oldest dead letters (up to 20) with their reasons and attempt counts; empty when
+    /// there are none.
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -72,6 +76,16 @@ pub async fn collect_stats(state: &AppState) -> Result<Stats, ApiError> {
         .stats()
         .await
         .map_err(|e| ApiError::unavailable(&e))?;
+    // Listed only when there are some: on RabbitMQ, listing reads the dead-letter queue.
+    let dead_letters = if queue.dead_lettered > 0 {
+        state
+            .queue
+            .dead_letters(20)
+            .await
+            .map_err(|e| ApiError::unavailable(&e))?
+    } else {
+        Vec::new()
+    };
     let filled = |mut map: BTreeMap<String, u64>, keys: &[&str]| {
         for key in keys {
             map.entry((*key).to_owned()).or_insert(0);
@@ -91,6 +105,7 @@ pub async fn collect_stats(state: &AppState) -> Result<Stats, ApiError> {
             p99: store.latency_p99_ms,
         },
         review_reasons: store.review_reasons,
+        dead_letters,
     })
 }
 

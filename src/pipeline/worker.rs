@@ -15,7 +15,7 @@ use tracing::{error, warn};
 use crate::config::WorkerSettings;
 use crate::pipeline::{Handled, StageError};
 use crate::queue::{Delivery, Queue, Retried};
-use crate::telemetry;
+use crate::telemetry::{self, DeadLetterCause};
 
 /// Handles one queued payload. The pipeline implements it; tests swap in failing stages.
 #[async_trait]
@@ -91,14 +91,14 @@ async fn process(queue: &dyn Queue, handler: &dyn Handler, delivery: Delivery) {
             }
             Ok(Retried::DeadLettered) => {
                 error!(event_id, attempt = delivery.attempt, %reason, "LeadDeadLettered");
-                telemetry::lead_dead_lettered();
+                telemetry::lead_dead_lettered(DeadLetterCause::RetriesExhausted, delivery.attempt);
                 Ok(())
             }
             Err(e) => Err(e),
         },
         Err(StageError::Permanent(reason)) => {
             error!(event_id, %reason, "LeadDeadLettered");
-            telemetry::lead_dead_lettered();
+            telemetry::lead_dead_lettered(DeadLetterCause::Unparseable, delivery.attempt);
             queue.dead_letter(&delivery, &reason).await
         }
     };

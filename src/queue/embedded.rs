@@ -251,7 +251,10 @@ impl Queue for EmbeddedQueue {
             );
             self.set_dead(delivery.handle, &reason).await?;
             tracing::error!(event_id = %delivery.event_id, %reason, "LeadDeadLettered");
-            crate::telemetry::lead_dead_lettered();
+            crate::telemetry::lead_dead_lettered(
+                crate::telemetry::DeadLetterCause::LeaseExpired,
+                delivery.attempt - 1,
+            );
             return Box::pin(self.lease()).await;
         }
         Ok(Some(delivery))

@@ -75,7 +75,7 @@ pub struct QueueStats {
 }
 
 /// A dead-lettered message, as `nurture dlq list` would show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct DeadLetter {
     /// Backend handle.
     pub handle: i64,
