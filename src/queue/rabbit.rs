@@ -224,18 +224,8 @@ impl RabbitQueue {
             .is_some_and(|l| l.connection.status().connected() && l.publisher.status().connected())
     }
 
-    /// Delay of each retry step, from the worker backoff settings.
     fn retry_delays(&self) -> Vec<u64> {
-        let w = &self.worker;
-        (1..w.max_attempts)
-            .map(|attempt| {
-                let exponent = (attempt - 1).min(32);
-                w.backoff_base_ms
-                    .saturating_mul(1u64 << exponent)
-                    .min(w.backoff_max_ms)
-                    .max(1)
-            })
-            .collect()
+        retry_delays(&self.worker)
     }
 
     async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
@@ -294,12 +284,25 @@ impl RabbitQueue {
         headers: FieldTable,
         expiration_ms: Option<u64>,
     ) -> Result<(), QueueError> {
+        self.try_publish(queue, payload, headers, expiration_ms)
+            .await
+            .map_err(PublishError::into_inner)
+    }
+
+    /// Publishes and tells a failure the broker certainly did not take (`Refused`) from one
+    /// where the message may have landed anyway (`Uncertain`: the connection dropped or the
+    /// confirm came late).
+    async fn try_publish(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        headers: FieldTable,
+        expiration_ms: Option<u64>,
+    ) -> Result<(), PublishError> {
         let publisher = {
             let link = self.link.read().await;
-            link.as_ref()
-                .ok_or_else(|| QueueError("broker not connected".into()))?
-                .publisher
-                .clone()
+            let not_connected = || PublishError::Refused(QueueError("broker not connected".into()));
+            link.as_ref().ok_or_else(not_connected)?.publisher.clone()
         };
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -322,11 +325,18 @@ impl RabbitQueue {
             confirm.await.map_err(amqp)
         })
         .await
-        .map_err(|_| QueueError(format!("no publisher confirm within {timeout:?}")))??;
+        .map_err(|_| {
+            PublishError::Uncertain(QueueError(format!(
+                "no publisher confirm within {timeout:?}"
+            )))
+        })?
+        .map_err(PublishError::Uncertain)?;
         if confirmed.is_ack() {
             Ok(())
         } else {
-            Err(QueueError("broker refused the message (nack)".into()))
+            Err(PublishError::Refused(QueueError(
+                "broker refused the message (nack)".into(),
+            )))
         }
     }
 
@@ -438,14 +448,24 @@ pub async fn delete_topology(
 /// Delay of each retry step (one per attempt before the last), from the backoff settings.
 fn retry_delays(w: &WorkerSettings) -> Vec<u64> {
     (1..w.max_attempts)
-        .map(|attempt| {
-            let exponent = (attempt - 1).min(32);
-            w.backoff_base_ms
-                .saturating_mul(1u64 << exponent)
-                .min(w.backoff_max_ms)
-                .max(1)
-        })
+        .map(|attempt| backoff::ceiling_ms(attempt, w.backoff_base_ms, w.backoff_max_ms))
         .collect()
+}
+
+/// How a publish failed.
+enum PublishError {
+    /// The broker did not take the message (not connected, or a nack).
+    Refused(QueueError),
+    /// The message may have been taken (the connection dropped, or the confirm was late).
+    Uncertain(QueueError),
+}
+
+impl PublishError {
+    fn into_inner(self) -> QueueError {
+        match self {
+            PublishError::Refused(e) | PublishError::Uncertain(e) => e,
+        }
+    }
 }
 
 fn amqp(e: lapin::Error) -> QueueError {
@@ -521,16 +541,23 @@ impl Queue for RabbitQueue {
             with_event_id(&message.payload, &event_id)?
         };
         let published = self
-            .publish(
+            .try_publish(
                 &self.names.leads,
                 &payload,
                 headers(&event_id, 0, None),
                 None,
             )
             .await;
-        if let Err(e) = published {
-            self.log.release(&message.dedup_keys, &event_id).await?;
-            return Err(e);
+        match published {
+            Ok(()) => {}
+            Err(PublishError::Refused(e)) => {
+                self.log.release(&message.dedup_keys, &event_id).await?;
+                return Err(e);
+            }
+            // The message may be in the queue: the claim stays pending under this event id,
+            // so the sender's retry takes it over with the same id once it is stale and the
+            // pipeline sees one event, however many copies the broker holds.
+            Err(PublishError::Uncertain(e)) => return Err(e),
         }
         self.log.confirm(&message.dedup_keys, &event_id).await?;
         Ok(Enqueued::Queued { event_id })
