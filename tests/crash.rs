@@ -7,56 +7,22 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{Backends, outbox_files, shared_data, wait_for};
+use common::{
+    Backends, free_port, outbox_files, shared_data, spawn_nurture, stats_of, wait_for, wait_up,
+};
 use nurture::replay::{ReplayOptions, load_bodies, replay};
 use rand::Rng;
-use serde_json::Value;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn nurture(part: &str, port: u16, dir: &Path, backends: &Backends) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nurture"))
-        .args([part, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
-        .envs(backends.env())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_nurture(part, port, dir, Some(backends), &[])
 }
 
 fn kill(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
-}
-
-async fn stats(base: &str) -> Option<Value> {
-    reqwest::get(format!("{base}/api/stats"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
-async fn wait_up(base: &str) {
-    assert!(
-        wait_for(Duration::from_secs(30), || async {
-            stats(base).await.is_some()
-        })
-        .await,
-        "{base} did not start"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,12 +95,12 @@ async fn killing_workers_and_ingest_under_load_processes_every_lead_exactly_once
     assert_eq!(accepted, 3000);
     wait_up(&bases[0]).await;
     let done = wait_for(Duration::from_secs(180), || async {
-        stats(&bases[0])
+        stats_of(&bases[0])
             .await
             .is_some_and(|s| s["processed"] == 3000 && s["queue_depth"] == 0)
     })
     .await;
-    let stats = stats(&bases[0]).await.unwrap();
+    let stats = stats_of(&bases[0]).await.unwrap();
     assert!(done, "not every lead was processed: {stats}");
     assert_eq!(
         (stats["received"].as_u64(), stats["dead_lettered"].as_u64()),

@@ -4,52 +4,21 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{Backends, outbox_files, test_backends, wait_for};
+use common::{
+    Backends, free_port, outbox_files, spawn_nurture, stats_of, test_backends, wait_for, wait_up,
+};
 use nurture::replay::{ReplayOptions, replay};
-use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use serde_json::json;
 
 fn spawn_server(dir: &Path, port: u16, backends: &Option<Backends>) -> Child {
-    let env = backends.as_ref().map(Backends::env).unwrap_or_default();
-    Command::new(env!("CARGO_BIN_EXE_nurture"))
-        .envs(env)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("NURTURE__WORKER__CONCURRENCY", "1")
-        .env("NURTURE__WORKER__VISIBILITY_TIMEOUT_SECONDS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn stats(client: &reqwest::Client, base: &str) -> Option<Value> {
-    let response = client.get(format!("{base}/api/stats")).send().await.ok()?;
-    response.json().await.ok()
-}
-
-async fn wait_until_up(client: &reqwest::Client, base: &str) {
-    let up = wait_for(Duration::from_secs(30), || async {
-        stats(client, base).await.is_some()
-    })
-    .await;
-    assert!(up, "server at {base} did not come up");
+    let env = [
+        ("NURTURE__WORKER__CONCURRENCY", "1"),
+        ("NURTURE__WORKER__VISIBILITY_TIMEOUT_SECONDS", "2"),
+    ];
+    spawn_nurture("serve", port, dir, backends.as_ref(), &env)
 }
 
 fn leads(prefix: &str, count: usize) -> Vec<Vec<u8>> {
@@ -64,14 +33,14 @@ fn leads(prefix: &str, count: usize) -> Vec<Vec<u8>> {
 
 /// After a crash and restart: every received lead processed once, one email file per lead,
 /// each file named by the key its Message-ID carries, no half-written files left.
-async fn assert_exactly_once(client: &reqwest::Client, base: &str, dir: &Path, expected: u64) {
+async fn assert_exactly_once(base: &str, dir: &Path, expected: u64) {
     let done = wait_for(Duration::from_secs(90), || async {
-        stats(client, base)
+        stats_of(base)
             .await
             .is_some_and(|s| s["processed"] == expected && s["queue_depth"] == 0)
     })
     .await;
-    let stats = stats(client, base).await.unwrap();
+    let stats = stats_of(base).await.unwrap();
     assert!(done, "not all leads processed after restart: {stats}");
     assert_eq!(
         (stats["received"].as_u64(), stats["dead_lettered"].as_u64()),
@@ -103,9 +72,8 @@ async fn accepted_leads_survive_a_kill_before_the_workers_finish() {
     let backends = test_backends();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
     let mut server = spawn_server(dir.path(), port, &backends);
-    wait_until_up(&client, &base).await;
+    wait_up(&base).await;
 
     let options = ReplayOptions {
         url: base.clone(),
@@ -113,7 +81,7 @@ async fn accepted_leads_survive_a_kill_before_the_workers_finish() {
         progress: false,
     };
     let posted = replay(leads("before", 500), &options).await.unwrap();
-    let before_kill = stats(&client, &base).await.unwrap();
+    let before_kill = stats_of(&base).await.unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
 
@@ -124,8 +92,8 @@ async fn accepted_leads_survive_a_kill_before_the_workers_finish() {
         "workers finished before the kill; the test proves nothing"
     );
     let mut server = spawn_server(dir.path(), port, &backends);
-    wait_until_up(&client, &base).await;
-    assert_exactly_once(&client, &base, dir.path(), 500).await;
+    wait_up(&base).await;
+    assert_exactly_once(&base, dir.path(), 500).await;
     server.kill().unwrap();
     server.wait().unwrap();
     if let Some(b) = &backends {
@@ -139,9 +107,8 @@ async fn a_kill_in_the_middle_of_intake_loses_nothing_the_sender_was_told_was_qu
     let backends = test_backends();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
     let mut server = spawn_server(dir.path(), port, &backends);
-    wait_until_up(&client, &base).await;
+    wait_up(&base).await;
 
     // The sender keeps retrying refused connections with backoff, like a webhook source.
     let options = ReplayOptions {
@@ -151,7 +118,7 @@ async fn a_kill_in_the_middle_of_intake_loses_nothing_the_sender_was_told_was_qu
     };
     let sender = tokio::spawn(async move { replay(leads("during", 500), &options).await.unwrap() });
     let mid_intake = wait_for(Duration::from_secs(30), || async {
-        stats(&client, &base)
+        stats_of(&base)
             .await
             .is_some_and(|s| s["received"].as_u64().unwrap_or(0) >= 150)
     })
@@ -165,7 +132,7 @@ async fn a_kill_in_the_middle_of_intake_loses_nothing_the_sender_was_told_was_qu
     // A lead committed just before the kill, whose 202 was lost, comes back as a duplicate.
     assert_eq!(posted.accepted + posted.duplicate, 500, "{posted:?}");
     assert_eq!(posted.failed, 0);
-    assert_exactly_once(&client, &base, dir.path(), 500).await;
+    assert_exactly_once(&base, dir.path(), 500).await;
     server.kill().unwrap();
     server.wait().unwrap();
     if let Some(b) = &backends {
@@ -179,9 +146,8 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let backends = test_backends();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
     let mut server = spawn_server(dir.path(), port, &backends);
-    wait_until_up(&client, &base).await;
+    wait_up(&base).await;
     let options = ReplayOptions {
         url: base.clone(),
         concurrency: 8,
@@ -202,8 +168,8 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     assert!(status.success(), "exit status {status}");
     // Whatever was in flight finished; the rest waits in the queue for the next start.
     let mut server = spawn_server(dir.path(), port, &backends);
-    wait_until_up(&client, &base).await;
-    assert_exactly_once(&client, &base, dir.path(), 50).await;
+    wait_up(&base).await;
+    assert_exactly_once(&base, dir.path(), 50).await;
     server.kill().unwrap();
     server.wait().unwrap();
     if let Some(b) = &backends {

@@ -270,3 +270,52 @@ pub fn shared_data(relative: &str) -> Option<PathBuf> {
 pub fn flat_lead(email: &str) -> Value {
     serde_json::json!({ "email": email, "name": "Test Person", "job_title": "Analyst", "source": "google", "consent": true })
 }
+
+/// A free TCP port on loopback (for child processes, which cannot report theirs).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `nurture <part>` as a child process on `port` and `dir`, on the given backends
+/// (embedded when `None`), with extra environment variables; its output is discarded.
+pub fn spawn_nurture(
+    part: &str,
+    port: u16,
+    dir: &Path,
+    backends: Option<&Backends>,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nurture"))
+        .args([part, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .envs(backends.map(Backends::env).unwrap_or_default())
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `GET <base>/api/stats`, or `None` while the process is not answering.
+pub async fn stats_of(base: &str) -> Option<Value> {
+    reqwest::get(format!("{base}/api/stats"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Waits until the process at `base` answers, or fails the test after 30 s.
+pub async fn wait_up(base: &str) {
+    let up = wait_for(Duration::from_secs(30), || async {
+        stats_of(base).await.is_some()
+    })
+    .await;
+    assert!(up, "{base} did not come up");
+}
