@@ -1,6 +1,7 @@
 //! Scorers behind one trait. The built-in points model is the offline default; LLM providers
 //! and a trained statistical model plug in behind the same `Scorer`.
 
+pub mod answer;
 pub mod points;
 
 use async_trait::async_trait;
