@@ -7,22 +7,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Backends, free_port, outbox_files, shared_data, spawn_nurture, stats_of, wait_for, wait_up,
+    Backends, Process, free_port, outbox_files, shared_data, spawn_nurture, stats_of, wait_for,
+    wait_up,
 };
 use nurture::replay::{ReplayOptions, load_bodies, replay};
 use rand::Rng;
 
-fn nurture(part: &str, port: u16, dir: &Path, backends: &Backends) -> Child {
+fn nurture(part: &str, port: u16, dir: &Path, backends: &Backends) -> Process {
     spawn_nurture(part, port, dir, Some(backends), &[])
-}
-
-fn kill(child: &mut Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,11 +42,11 @@ async fn killing_workers_and_ingest_under_load_processes_every_lead_exactly_once
 
     let ingest_ports = [free_port(), free_port()];
     let worker_ports = [free_port(), free_port(), free_port()];
-    let mut ingests: Vec<Child> = ingest_ports
+    let mut ingests: Vec<Process> = ingest_ports
         .iter()
         .map(|p| nurture("ingest", *p, dir.path(), &backends))
         .collect();
-    let mut workers: Vec<Child> = worker_ports
+    let mut workers: Vec<Process> = worker_ports
         .iter()
         .map(|p| nurture("worker", *p, dir.path(), &backends))
         .collect();
@@ -78,11 +74,11 @@ async fn killing_workers_and_ingest_under_load_processes_every_lead_exactly_once
     for round in 0..5 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let victim = rand::rng().random_range(0..workers.len());
-        kill(&mut workers[victim]);
+        workers[victim].kill();
         workers[victim] = nurture("worker", worker_ports[victim], dir.path(), &backends);
         tokio::time::sleep(Duration::from_millis(700)).await;
         let ingest = round % 2;
-        kill(&mut ingests[ingest]);
+        ingests[ingest].kill();
         ingests[ingest] = nurture("ingest", ingest_ports[ingest], dir.path(), &backends);
     }
     let mut accepted = 0;
@@ -123,7 +119,7 @@ async fn killing_workers_and_ingest_under_load_processes_every_lead_exactly_once
     assert!(outbox_files(dir.path(), "slack").len() as u64 <= hot);
 
     for mut child in ingests.into_iter().chain(workers) {
-        kill(&mut child);
+        child.kill();
     }
     backends.remove(&nurture::config::Settings::default()).await;
 }

@@ -4,16 +4,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Backends, free_port, outbox_files, spawn_nurture, stats_of, test_backends, wait_for, wait_up,
+    Backends, Process, free_port, outbox_files, spawn_nurture, stats_of, test_backends, wait_for,
+    wait_up,
 };
 use nurture::replay::{ReplayOptions, replay};
 use serde_json::json;
 
-fn spawn_server(dir: &Path, port: u16, backends: &Option<Backends>) -> Child {
+fn spawn_server(dir: &Path, port: u16, backends: &Option<Backends>) -> Process {
     let env = [
         ("NURTURE__WORKER__CONCURRENCY", "1"),
         ("NURTURE__WORKER__VISIBILITY_TIMEOUT_SECONDS", "2"),
@@ -82,8 +83,7 @@ async fn accepted_leads_survive_a_kill_before_the_workers_finish() {
     };
     let posted = replay(leads("before", 500), &options).await.unwrap();
     let before_kill = stats_of(&base).await.unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 
     assert_eq!(posted.accepted, 500);
     let processed_before = before_kill["processed"].as_u64().unwrap();
@@ -94,8 +94,7 @@ async fn accepted_leads_survive_a_kill_before_the_workers_finish() {
     let mut server = spawn_server(dir.path(), port, &backends);
     wait_up(&base).await;
     assert_exactly_once(&base, dir.path(), 500).await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     if let Some(b) = &backends {
         b.remove(&nurture::config::Settings::default()).await;
     }
@@ -123,8 +122,7 @@ async fn a_kill_in_the_middle_of_intake_loses_nothing_the_sender_was_told_was_qu
             .is_some_and(|s| s["received"].as_u64().unwrap_or(0) >= 150)
     })
     .await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     assert!(mid_intake, "intake never reached 150 leads");
     let mut server = spawn_server(dir.path(), port, &backends);
     let posted = sender.await.unwrap();
@@ -133,8 +131,7 @@ async fn a_kill_in_the_middle_of_intake_loses_nothing_the_sender_was_told_was_qu
     assert_eq!(posted.accepted + posted.duplicate, 500, "{posted:?}");
     assert_eq!(posted.failed, 0);
     assert_exactly_once(&base, dir.path(), 500).await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     if let Some(b) = &backends {
         b.remove(&nurture::config::Settings::default()).await;
     }
@@ -163,15 +160,14 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
             .unwrap()
             .success()
     );
-    let status = server.wait().unwrap();
+    let status = server.wait();
 
     assert!(status.success(), "exit status {status}");
     // Whatever was in flight finished; the rest waits in the queue for the next start.
     let mut server = spawn_server(dir.path(), port, &backends);
     wait_up(&base).await;
     assert_exactly_once(&base, dir.path(), 50).await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     if let Some(b) = &backends {
         b.remove(&nurture::config::Settings::default()).await;
     }

@@ -288,8 +288,8 @@ pub fn spawn_nurture(
     dir: &Path,
     backends: Option<&Backends>,
     env: &[(&str, &str)],
-) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_nurture"))
+) -> Process {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_nurture"))
         .args([part, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
         .envs(backends.map(Backends::env).unwrap_or_default())
@@ -298,7 +298,35 @@ pub fn spawn_nurture(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Process(child)
+}
+
+/// A child process that is killed when dropped, so a failing test leaves no server behind.
+pub struct Process(std::process::Child);
+
+impl Process {
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// `GET <base>/api/stats`, or `None` while the process is not answering.
