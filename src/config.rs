@@ -85,8 +85,26 @@ impl SecretUrl {
     /// The URL with any password replaced by `****`.
     pub fn masked(&self) -> String {
         match url::Url::parse(&self.0) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("****"));
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("****"));
+                }
+                let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+                if pairs
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+                {
+                    let mut query = url.query_pairs_mut();
+                    query.clear();
+                    for (k, v) in &pairs {
+                        let shown = if k.eq_ignore_ascii_case("password") {
+                            "****"
+                        } else {
+                            v
+                        };
+                        query.append_pair(k, shown);
+                    }
+                }
                 url.to_string()
             }
             _ => self.0.clone(),
@@ -108,7 +126,8 @@ pub struct RabbitSettings {
     pub queue_prefix: String,
     /// Unacknowledged deliveries a worker process holds at once.
     pub prefetch: u16,
-    /// How long ingest waits for a publisher confirm before answering 503.
+    /// How long ingest waits for a publisher confirm before answering 503; below
+    /// `ingest.enqueue_timeout_seconds`, so this path decides first.
     pub confirm_timeout_seconds: u64,
 }
 
@@ -117,7 +136,7 @@ impl Default for RabbitSettings {
         Self {
             queue_prefix: "nurture".into(),
             prefetch: 64,
-            confirm_timeout_seconds: 10,
+            confirm_timeout_seconds: 4,
         }
     }
 }
@@ -445,6 +464,24 @@ impl Settings {
                 return invalid(format!("route.channels.{track}: unknown channel '{bad}'"));
             }
         }
+        if self.queue == QueueKind::Rabbitmq {
+            let scheme = url::Url::parse(self.amqp_url.expose()).map(|u| u.scheme().to_owned());
+            match scheme.as_deref() {
+                Ok("amqp") => {}
+                Ok("amqps") => {
+                    return invalid(
+                        "amqp_url: amqps:// (TLS) is not supported by this build, use amqp://"
+                            .into(),
+                    );
+                }
+                _ => {
+                    return invalid(format!(
+                        "amqp_url must be amqp://…, got '{}'",
+                        self.amqp_url.masked()
+                    ));
+                }
+            }
+        }
         let db = self.effective_database_url();
         if !db.starts_with("sqlite:")
             && !db.starts_with("postgres:")
@@ -565,6 +602,9 @@ mod tests {
         assert!(load("[route.channels]\nwarm = [\"email\"]\n").contains("warm"));
         assert!(load("[route]\nhot_above = 150\n").contains("hot_above"));
         assert!(load("[act]\nmin_confidence = 5.0\n").contains("min_confidence"));
+        let tls = "queue = \"rabbitmq\"\namqp_url = \"amqps://u:p@h/%2f\"\n";
+        assert!(load(tls).contains("amqps:// (TLS) is not supported"));
+        assert!(load("queue = \"rabbitmq\"\namqp_url = \"not a url\"\n").contains("amqp_url"));
     }
 
     #[test]
@@ -583,6 +623,11 @@ mod tests {
         assert!(
             shown.contains("postgres://app:****@db.example.com/crm"),
             "{shown}"
+        );
+        let query = SecretUrl("postgres://app@h/x?password=s3cret&sslmode=off".into());
+        assert_eq!(
+            query.masked(),
+            "postgres://app@h/x?password=****&sslmode=off"
         );
     }
 

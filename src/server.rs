@@ -180,6 +180,8 @@ pub async fn start_part(
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<SqlStore>> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir '{}'", settings.data_dir.display()))?;
+    // Workers hold one connection per lead being handled (the per-lead lock) plus one for
+    // its writes; ingest needs a few. Documented in README ("Running in production").
     let connections = settings.worker.concurrency as u32 * 2 + 4;
     let store = SqlStore::connect(&settings.effective_database_url(), connections).await?;
     Ok(Arc::new(store))

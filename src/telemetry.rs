@@ -31,6 +31,11 @@ pub fn prometheus() -> &'static PrometheusHandle {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 ],
             )
+            .expect("bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full("nurture_dead_letter_attempts".into()),
+                &[1.0, 2.0, 3.0, 5.0, 8.0, 13.0],
+            )
             .expect("bucket list is not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

@@ -151,6 +151,15 @@ async fn a_stage_that_always_fails_ends_in_the_dead_letter_queue_with_its_reason
     // Listing puts the letters back (on RabbitMQ asynchronously): they are still there.
     let kept = common_wait(|| async { queue.stats().await.unwrap().dead_lettered == 2 }).await;
     assert!(kept, "listing dead letters lost some");
+
+    // Replaying while workers run: the poison message fails again at once and returns to the
+    // dead queue; the replay must still end, having moved what was there when it started.
+    let again = CancellationToken::new();
+    let mut workers = run_workers(queue.clone(), stage.clone(), &settings, again.clone());
+    let replayed = tokio::time::timeout(Duration::from_secs(20), queue.replay_dead(None)).await;
+    again.cancel();
+    while workers.join_next().await.is_some() {}
+    assert_eq!(replayed.expect("dlq replay never finished").unwrap(), 2);
     queue_shutdown.cancel();
     if let Some(b) = &backends {
         let cleanup = nurture::config::Settings {

@@ -18,16 +18,25 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Creates the outbox folders under `data_dir` and clears half-written files left by a
-    /// crash (they were never linked into place, so nothing was delivered).
+    /// Creates the outbox folders under `data_dir` and clears half-written files that a crash
+    /// left more than an hour ago (never linked into place, so nothing was delivered). Newer
+    /// ones may belong to another worker sharing the folder, writing right now.
     pub fn open(data_dir: &Path, email_from: &str) -> Result<Self, ChannelError> {
         let root = data_dir.join("outbox");
         let io = |e: std::io::Error| ChannelError(format!("outbox: {e}"));
         for sub in ["email", "sms", "slack", ".partial"] {
             std::fs::create_dir_all(root.join(sub)).map_err(io)?;
         }
+        let an_hour = std::time::Duration::from_secs(3600);
         for entry in std::fs::read_dir(root.join(".partial")).map_err(io)? {
-            let _ = std::fs::remove_file(entry.map_err(io)?.path());
+            let entry = entry.map_err(io)?;
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default());
+            if age.is_ok_and(|age| age > an_hour) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         Ok(Self {
             root,
@@ -133,5 +142,17 @@ mod tests {
         assert_eq!((first, second), (Delivered::Now, Delivered::Already));
         assert_eq!(std::fs::read(&target).unwrap(), b"one");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn opening_keeps_a_fresh_partial_file_another_worker_may_be_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        Outbox::open(dir.path(), "A <a@example.com>").unwrap();
+        let partial = dir.path().join("outbox/.partial/in-progress");
+        std::fs::write(&partial, b"half").unwrap();
+
+        Outbox::open(dir.path(), "A <a@example.com>").unwrap();
+
+        assert!(partial.exists());
     }
 }

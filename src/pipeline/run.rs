@@ -183,8 +183,15 @@ fn display_name(event: &LeadEvent) -> Option<String> {
 #[async_trait]
 impl Handler for Pipeline {
     async fn handle(&self, payload: &[u8]) -> Result<Handled, StageError> {
-        let event: LeadEvent = serde_json::from_slice(payload)
-            .map_err(|e| StageError::Permanent(format!("unparseable queue message: {e}")))?;
+        // The reason names the kind and place of the error, not serde's text: that quotes the
+        // offending value, which could be an email address, into logs and dead letters.
+        let event: LeadEvent = serde_json::from_slice(payload).map_err(|e| {
+            let at = format!("line {} column {}", e.line(), e.column());
+            StageError::Permanent(format!(
+                "unparseable queue message: {:?} error at {at}",
+                e.classify()
+            ))
+        })?;
         self.handle_event(&event).await
     }
 }

@@ -158,7 +158,9 @@ pub trait DeliveryLog: Send + Sync {
     /// Marks the claim queued (the broker confirmed) and counts the delivery as received.
     async fn confirm(&self, keys: &[DedupKey], event_id: &str) -> Result<(), QueueError>;
 
-    /// Drops a claim whose publish failed, so the sender's retry is not a duplicate.
+    /// Frees a claim whose publish the broker certainly refused, so the sender's retry takes
+    /// it over at once under the same event id (never a new one: an earlier, uncertain
+    /// publish of the same delivery may have landed).
     async fn release(&self, keys: &[DedupKey], event_id: &str) -> Result<(), QueueError>;
 
     /// Counts a repeated delivery.

@@ -352,13 +352,19 @@ impl RabbitQueue {
     /// None` replays all. Returns how many were replayed.
     pub async fn replay_dead(&self, event_id: Option<&str>) -> Result<u64, QueueError> {
         let channel = self.admin_channel().await?;
+        // At most what is there now: a replayed lead that fails again at once comes back to
+        // the dead queue while this runs and must not be read again.
+        let present = self.message_count(&channel, &self.names.dead).await?;
         let mut replayed = 0;
         let mut skipped = Vec::new();
-        while let Some(message) = channel
-            .basic_get(self.names.dead.as_str().into(), BasicGetOptions::default())
-            .await
-            .map_err(amqp)?
+        let mut read = 0;
+        while read < present
+            && let Some(message) = channel
+                .basic_get(self.names.dead.as_str().into(), BasicGetOptions::default())
+                .await
+                .map_err(amqp)?
         {
+            read += 1;
             let delivery = message.delivery;
             let id = header_text(&delivery.properties, EVENT_HEADER).unwrap_or_default();
             if event_id.is_some_and(|wanted| wanted != id) {

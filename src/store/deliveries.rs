@@ -94,8 +94,11 @@ impl DeliveryLog for SqlStore {
     async fn release(&self, keys: &[DedupKey], event_id: &str) -> Result<(), QueueError> {
         let (_writer, mut tx) = self.begin().await.map_err(failed)?;
         for key in keys {
+            // Kept, not deleted: the event id must survive every retry of this delivery (a
+            // refused takeover may follow an uncertain publish that did land). Made stale at
+            // once, so the next retry takes it over without waiting.
             sqlx::query(
-                "DELETE FROM deliveries WHERE key = $1 AND event_id = $2 AND state = 'pending'",
+                "UPDATE deliveries SET claimed_at = 0 WHERE key = $1 AND event_id = $2 AND state = 'pending'",
             )
             .bind(&key.key)
             .bind(event_id)
@@ -126,5 +129,49 @@ impl DeliveryLog for SqlStore {
                 .map_or(0, |r| r.1.max(0) as u64)
         };
         Ok((value("received"), value("duplicates")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_claim_is_retaken_under_the_same_event_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("n.db").display());
+        let store = SqlStore::connect(&url, 2).await.unwrap();
+        let keys = [DedupKey {
+            key: "idem:k".into(),
+            ttl_ms: None,
+        }];
+
+        let first = store.claim(&keys, "event-1", 60_000).await.unwrap();
+        let while_pending = store.claim(&keys, "event-2", 60_000).await.unwrap();
+        store.release(&keys, "event-1").await.unwrap();
+        let after_refusal = store.claim(&keys, "event-3", 60_000).await.unwrap();
+        store.confirm(&keys, "event-1").await.unwrap();
+        let after_confirm = store.claim(&keys, "event-4", 60_000).await.unwrap();
+
+        assert_eq!(
+            first,
+            Claim::Claimed {
+                event_id: "event-1".into()
+            }
+        );
+        assert_eq!(while_pending, Claim::InFlight);
+        assert_eq!(
+            after_refusal,
+            Claim::Claimed {
+                event_id: "event-1".into()
+            }
+        );
+        assert_eq!(
+            after_confirm,
+            Claim::Duplicate {
+                event_id: "event-1".into()
+            }
+        );
+        assert_eq!(store.intake_counts().await.unwrap(), (1, 0));
     }
 }

@@ -66,7 +66,12 @@ impl SqlStore {
             _ => url.to_owned(),
         };
         if backend == Backend::Postgres && !sqlx::Postgres::database_exists(&url).await? {
-            sqlx::Postgres::create_database(&url).await?;
+            // Several processes starting together race to create it: losing is fine.
+            if let Err(e) = sqlx::Postgres::create_database(&url).await
+                && !sqlx::Postgres::database_exists(&url).await?
+            {
+                return Err(e.into());
+            }
         }
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()
