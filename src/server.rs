@@ -104,8 +104,6 @@ pub async fn start_part(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let data_dir = settings.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data dir '{}'", data_dir.display()))?;
     let sql = open_store(&settings).await?;
     let role = if part.has_workers() {
         Role::PublishAndConsume
