@@ -1,8 +1,12 @@
 //! Scorers behind one trait. The built-in points model is the offline default; LLM providers
 //! and a trained statistical model plug in behind the same `Scorer`.
 
+pub mod anthropic;
 pub mod answer;
+pub mod http;
+pub mod openai;
 pub mod points;
+pub mod provider;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
