@@ -29,8 +29,10 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// Worker loop: concurrency, leases, retries.
     pub worker: WorkerSettings,
-    /// The built-in points model.
+    /// How leads are scored: the built-in points model, an LLM, or a blend.
     pub score: ScoreSettings,
+    /// The LLM provider, its limits and its budget.
+    pub llm: LlmSettings,
     /// Score bands and the channels of each track.
     pub route: RouteSettings,
     /// Message templates and the facts they quote.
@@ -53,6 +55,7 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             worker: WorkerSettings::default(),
             score: ScoreSettings::default(),
+            llm: LlmSettings::default(),
             route: RouteSettings::default(),
             compose: ComposeSettings::default(),
             guard: GuardSettings::default(),
@@ -211,6 +214,41 @@ pub struct ScoreSettings {
     pub rules: Vec<ScoreRule>,
     /// How many distinct rule fields a lead must carry for full confidence.
     pub fields_for_full_confidence: usize,
+    /// `builtin` (points only), `llm` (the model's score) or `blend` (weighted mean).
+    pub mode: ScoreMode,
+    /// The LLM's weight in `blend` mode (0..=1); the built-in score gets the rest.
+    pub llm_weight: f64,
+    /// When the LLM's score differs from the built-in score by more than this many points,
+    /// its confidence is lowered to `fallback_confidence` (the draft goes to review): a lead
+    /// cannot talk the model into a score its data does not support.
+    pub max_gap: i64,
+    /// The confidence of a score that fell back to the built-in model because the LLM
+    /// failed, and of a score whose gap was too large. Below `act.min_confidence` by
+    /// default, so those drafts wait for a human.
+    pub fallback_confidence: f64,
+}
+
+/// How leads are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreMode {
+    /// The built-in points model (no LLM call).
+    Builtin,
+    /// The LLM's score; the built-in score is kept as the reference for the gap check.
+    Llm,
+    /// `llm_weight × LLM + (1 − llm_weight) × built-in`, both parts stored.
+    Blend,
+}
+
+impl ScoreMode {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreMode::Builtin => "builtin",
+            ScoreMode::Llm => "llm",
+            ScoreMode::Blend => "blend",
+        }
+    }
 }
 
 impl Default for ScoreSettings {
@@ -219,6 +257,10 @@ impl Default for ScoreSettings {
             base: 10,
             rules: crate::ai::points::default_rules(),
             fields_for_full_confidence: 3,
+            mode: ScoreMode::Builtin,
+            llm_weight: 0.5,
+            max_gap: 40,
+            fallback_confidence: 0.3,
         }
     }
 }
@@ -400,6 +442,207 @@ impl Default for ActSettings {
     }
 }
 
+/// Which LLM vendor API to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmProviderKind {
+    /// No LLM: the built-in scorer and the templates.
+    Builtin,
+    /// OpenAI Chat Completions, or any server that speaks it (Azure OpenAI, Ollama, vLLM,
+    /// llama.cpp, OpenRouter, Groq) at `base_url`.
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+}
+
+/// Price of a model in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Per million prompt tokens.
+    pub input: f64,
+    /// Per million answer tokens.
+    pub output: f64,
+}
+
+/// The LLM: which vendor and model, how fast and how much it may be called.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmSettings {
+    /// `builtin` (default: no network), `openai` or `anthropic`.
+    pub provider: LlmProviderKind,
+    /// API root; unset means `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
+    pub base_url: Option<String>,
+    /// The model that scores and writes.
+    pub model: String,
+    /// An optional second, cheaper model that judges each draft against the rules.
+    pub judge_model: Option<String>,
+    /// Name of the environment variable holding the API key (the key itself is never in
+    /// the file or the logs). Empty for servers that need no key (Ollama, llama.cpp).
+    /// Unset means `OPENAI_API_KEY` or `ANTHROPIC_API_KEY`.
+    pub api_key_env: Option<String>,
+    /// OpenAI-compatible only: `authorization` (Bearer) or `api-key` (Azure OpenAI).
+    pub api_key_header: crate::ai::openai::ApiKeyHeader,
+    /// Requests per minute, shared by all worker tasks of a process.
+    pub requests_per_minute: u32,
+    /// Tokens per minute (prompt estimate + answer limit), shared likewise.
+    pub tokens_per_minute: u32,
+    /// Calls in flight at once.
+    pub max_concurrency: usize,
+    /// Deadline of one call; past it the lead falls back to the built-in scorer.
+    pub timeout_seconds: u64,
+    /// A 429 asking to wait longer than this sends the lead back to the queue's delayed
+    /// retry instead of holding a worker.
+    pub max_wait_seconds: u64,
+    /// Spend per UTC day after which the fallback is used until midnight; 0 = no limit.
+    pub daily_budget_usd: f64,
+    /// Prices of the models used, for cost and the budget. A model without a price is an
+    /// error at start-up unless `daily_budget_usd` is 0.
+    pub prices: BTreeMap<String, Price>,
+    /// Let the LLM write the messages (the templates are the reference and the fallback).
+    pub write: bool,
+    /// Upper bound of an answer's tokens.
+    pub max_output_tokens: u32,
+    /// Each free-text field of a lead is cut to this many characters before it reaches a
+    /// prompt.
+    pub max_lead_text_chars: usize,
+    /// A folder whose `*.txt` files replace the built-in prompts of the same name.
+    pub prompts_dir: Option<PathBuf>,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open (fallback only), in seconds.
+    pub breaker_cooldown_seconds: u64,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        // List prices as published by the vendors in 2025; check yours and override.
+        let prices = [
+            ("gpt-4o-mini", 0.15, 0.60),
+            ("gpt-4.1-mini", 0.40, 1.60),
+            ("gpt-4.1-nano", 0.10, 0.40),
+            ("gpt-4o", 2.50, 10.00),
+            ("claude-3-5-haiku-latest", 0.80, 4.00),
+            ("claude-haiku-4-5", 1.00, 5.00),
+            ("claude-sonnet-4-5", 3.00, 15.00),
+        ]
+        .into_iter()
+        .map(|(m, input, output)| (m.to_owned(), Price { input, output }))
+        .collect();
+        Self {
+            provider: LlmProviderKind::Builtin,
+            base_url: None,
+            model: "gpt-4o-mini".into(),
+            judge_model: None,
+            api_key_env: None,
+            api_key_header: Default::default(),
+            requests_per_minute: 60,
+            tokens_per_minute: 100_000,
+            max_concurrency: 4,
+            timeout_seconds: 30,
+            max_wait_seconds: 10,
+            daily_budget_usd: 10.0,
+            prices,
+            write: true,
+            max_output_tokens: 700,
+            max_lead_text_chars: 500,
+            prompts_dir: None,
+            breaker_failures: 5,
+            breaker_cooldown_seconds: 60,
+        }
+    }
+}
+
+impl LlmSettings {
+    /// The API root in effect.
+    pub fn effective_base_url(&self) -> String {
+        match (&self.base_url, self.provider) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, LlmProviderKind::Anthropic) => "https://api.anthropic.com/v1".into(),
+            (None, _) => "https://api.openai.com/v1".into(),
+        }
+    }
+
+    /// The name of the variable holding the key; `None` when no key is sent.
+    pub fn effective_key_env(&self) -> Option<String> {
+        match (&self.api_key_env, self.provider) {
+            (Some(name), _) if name.trim().is_empty() => None,
+            (Some(name), _) => Some(name.clone()),
+            (None, LlmProviderKind::Anthropic) => Some("ANTHROPIC_API_KEY".into()),
+            (None, _) => Some("OPENAI_API_KEY".into()),
+        }
+    }
+
+    /// The price of `model`; free when unknown (start-up refuses unknown models when a
+    /// budget is set).
+    pub fn price_of(&self, model: &str) -> Price {
+        self.prices.get(model).copied().unwrap_or(Price {
+            input: 0.0,
+            output: 0.0,
+        })
+    }
+
+    fn check(&self, mode: ScoreMode) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.provider == LlmProviderKind::Builtin {
+            if mode != ScoreMode::Builtin {
+                return invalid(format!(
+                    "score.mode = \"{}\" needs an LLM: set llm.provider to openai or anthropic",
+                    mode.as_str()
+                ));
+            }
+            return Ok(());
+        }
+        if self.model.trim().is_empty() {
+            return invalid("llm.model is empty".into());
+        }
+        match url::Url::parse(&self.effective_base_url()) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => {
+                return invalid(format!(
+                    "llm.base_url must be http:// or https://, got '{}'",
+                    self.effective_base_url()
+                ));
+            }
+        }
+        if self.requests_per_minute == 0
+            || self.tokens_per_minute == 0
+            || self.max_concurrency == 0
+            || self.timeout_seconds == 0
+            || self.max_output_tokens == 0
+            || self.breaker_failures == 0
+        {
+            return invalid("llm.requests_per_minute, tokens_per_minute, max_concurrency, timeout_seconds, max_output_tokens and breaker_failures must be at least 1".into());
+        }
+        if !self.daily_budget_usd.is_finite() || self.daily_budget_usd < 0.0 {
+            return invalid("llm.daily_budget_usd must be 0 (no limit) or more".into());
+        }
+        if let Some((model, _)) = self.prices.iter().find(|(_, p)| {
+            !(p.input.is_finite() && p.output.is_finite() && p.input >= 0.0 && p.output >= 0.0)
+        }) {
+            return invalid(format!("llm.prices.{model}: prices must be 0 or more"));
+        }
+        if self.daily_budget_usd > 0.0 {
+            let models = std::iter::once(&self.model).chain(self.judge_model.as_ref());
+            for model in models {
+                if !self.prices.contains_key(model) {
+                    return invalid(format!(
+                        "llm.prices has no price for model '{model}', needed for llm.daily_budget_usd (add [llm.prices.\"{model}\"] input = …, output = … in USD per million tokens; 0 for a free local model)"
+                    ));
+                }
+            }
+        }
+        if let Some(name) = self.effective_key_env()
+            && std::env::var(&name).map_or(true, |v| v.trim().is_empty())
+        {
+            return invalid(format!(
+                "llm.api_key_env: the variable {name} is not set (export it, or set llm.api_key_env = \"\" for a server that needs no key)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Values given on the command line; they win over every other source.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -497,6 +740,7 @@ impl Settings {
         }
         self.check_ranges()?;
         crate::ai::points::check_rules(&self.score.rules).map_err(ConfigError::Invalid)?;
+        self.llm.check(self.score.mode)?;
         // Built here once so that a bad sender or pattern stops start-up (and `config show`)
         // instead of failing every lead later.
         self.compose
@@ -524,6 +768,20 @@ impl Settings {
             return invalid(
                 "route.hot_above must be below 100 and route.active_from above 0".into(),
             );
+        }
+        for (name, value) in [
+            ("score.llm_weight", self.score.llm_weight),
+            ("score.fallback_confidence", self.score.fallback_confidence),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return invalid(format!("{name} ({value}) must be within 0..=1"));
+            }
+        }
+        if !(0..=99).contains(&self.score.max_gap) {
+            return invalid(format!(
+                "score.max_gap ({}) must be within 0..=99",
+                self.score.max_gap
+            ));
         }
         if !(0.0..=1.0).contains(&self.act.min_confidence) {
             return invalid(format!(

@@ -14,10 +14,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::info;
 
-use crate::ai::points::PointsScorer;
 use crate::channels::Outbox;
 use crate::config::{QueueKind, Settings};
-use crate::pipeline::{Composer, Guard, Pipeline, run_workers};
+use crate::pipeline::{Pipeline, run_workers};
 use crate::queue::{EmbeddedQueue, Queue, RabbitQueue, Role};
 use crate::store::{SqlStore, Store};
 
@@ -144,17 +143,13 @@ pub async fn start_part(
             .await
     });
     let workers = if part.has_workers() {
-        let pipeline = Pipeline {
-            store,
-            scorer: Arc::new(PointsScorer::new(
-                settings.score.clone(),
-                settings.route.clone(),
-            )),
-            composer: Composer::new(settings.compose.clone())?,
-            guard: Guard::new(settings.guard.clone()).context("invalid guard pattern")?,
-            deliverer: Arc::new(Outbox::open(&data_dir, &settings.compose.email_from)?),
-            settings: settings.clone(),
-        };
+        let store: Arc<dyn crate::store::Store> = store;
+        let llm = crate::ai::connect(
+            &settings.llm,
+            Arc::new(crate::ai::StoreLedger(store.clone())),
+        )?;
+        let deliverer = Arc::new(Outbox::open(&data_dir, &settings.compose.email_from)?);
+        let pipeline = Pipeline::new(&settings, store, deliverer, llm)?;
         run_workers(
             queue,
             Arc::new(pipeline),

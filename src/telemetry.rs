@@ -33,6 +33,11 @@ pub fn prometheus() -> &'static PrometheusHandle {
             )
             .expect("bucket list is not empty")
             .set_buckets_for_metric(
+                Matcher::Full("nurture_llm_call_seconds".into()),
+                &[0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0],
+            )
+            .expect("bucket list is not empty")
+            .set_buckets_for_metric(
                 Matcher::Full("nurture_dead_letter_attempts".into()),
                 &[1.0, 2.0, 3.0, 5.0, 8.0, 13.0],
             )
@@ -98,4 +103,36 @@ pub fn lead_handled(handled: &Handled) {
     for rule in &handled.blocked_by {
         metrics::counter!("nurture_guard_blocks_total", "rule" => *rule).increment(1);
     }
+}
+
+/// Counts one LLM call by provider, model, purpose and status, with its duration, tokens and
+/// cost. Labels are bounded: models come from the configuration, statuses from a fixed list.
+pub fn llm_call(call: &crate::ai::client::LlmCall, provider: &'static str) {
+    let labels = [
+        ("provider", provider.to_owned()),
+        ("model", call.model.clone()),
+        ("purpose", call.purpose.to_owned()),
+        ("status", call.status.clone()),
+    ];
+    metrics::counter!("nurture_llm_requests_total", &labels).increment(1);
+    metrics::histogram!("nurture_llm_call_seconds", "purpose" => call.purpose)
+        .record(call.latency_ms as f64 / 1000.0);
+    let model = call.model.clone();
+    metrics::counter!("nurture_llm_tokens_total", "model" => model.clone(), "direction" => "input")
+        .increment(call.input_tokens);
+    metrics::counter!("nurture_llm_tokens_total", "model" => model.clone(), "direction" => "output")
+        .increment(call.output_tokens);
+    metrics::gauge!("nurture_llm_spent_usd", "model" => model).increment(call.cost_usd);
+}
+
+/// Raises an alert counter that needs a human: `quota`, `unauthorized`, `budget` or
+/// `circuit_open`. Alert on any increase.
+pub fn llm_alert(kind: &'static str) {
+    metrics::counter!("nurture_llm_alerts_total", "kind" => kind).increment(1);
+}
+
+/// Counts a stage that used the built-in scorer or the template instead of the LLM.
+pub fn llm_fallback(purpose: &'static str, reason: &'static str) {
+    metrics::counter!("nurture_llm_fallbacks_total", "purpose" => purpose, "reason" => reason)
+        .increment(1);
 }

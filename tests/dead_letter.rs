@@ -20,7 +20,12 @@ struct FlakyStage {
 
 #[async_trait]
 impl Handler for FlakyStage {
-    async fn handle(&self, payload: &[u8]) -> Result<Handled, StageError> {
+    async fn handle(
+        &self,
+        payload: &[u8],
+        _attempt: u32,
+        _is_last: bool,
+    ) -> Result<Handled, StageError> {
         if payload == b"fail" {
             self.calls_on_failing.fetch_add(1, Ordering::SeqCst);
             return Err(StageError::Retry("crm enrichment timed out".into()));

@@ -8,28 +8,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use nurture::ai::points::PointsScorer;
 use nurture::channels::Outbox;
 use nurture::config::Settings;
 use nurture::lead::{Consent, Email, Lead, LeadEvent};
-use nurture::pipeline::{Composer, Guard, Pipeline};
+use nurture::pipeline::Pipeline;
 use nurture::store::SqlStore;
 
 async fn worker(settings: &Settings, data_dir: &Path) -> Pipeline {
     let store = SqlStore::connect(&settings.effective_database_url(), 8)
         .await
         .unwrap();
-    Pipeline {
-        store: Arc::new(store),
-        scorer: Arc::new(PointsScorer::new(
-            settings.score.clone(),
-            settings.route.clone(),
-        )),
-        composer: Composer::new(settings.compose.clone()).unwrap(),
-        guard: Guard::new(settings.guard.clone()).unwrap(),
-        deliverer: Arc::new(Outbox::open(data_dir, &settings.compose.email_from).unwrap()),
-        settings: settings.clone(),
-    }
+    let deliverer = Arc::new(Outbox::open(data_dir, &settings.compose.email_from).unwrap());
+    Pipeline::new(settings, Arc::new(store), deliverer, None).unwrap()
 }
 
 fn event(event_id: &str) -> LeadEvent {
@@ -72,10 +62,10 @@ async fn two_workers_racing_on_one_lead_create_one_lead_and_one_message() {
 
     // The same delivery handed to both (a redelivery racing the first attempt).
     let same = event("race-1");
-    let (first, second) = tokio::join!(a.handle_event(&same), b.handle_event(&same));
+    let (first, second) = tokio::join!(a.handle_event(&same, false), b.handle_event(&same, false));
     // Two deliveries of the same person at once: serialised by the per-lead lock.
     let (two, three) = (event("race-2"), event("race-3"));
-    let (third, fourth) = tokio::join!(a.handle_event(&two), b.handle_event(&three));
+    let (third, fourth) = tokio::join!(a.handle_event(&two, false), b.handle_event(&three, false));
 
     let (first, second) = (first.unwrap(), second.unwrap());
     assert_eq!(first.lead_id, second.lead_id);

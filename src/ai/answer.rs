@@ -1,6 +1,5 @@
-//! Strict, forgiving parsing of a model's scoring answer (issue 4's first part; no provider
-//! calls it yet). Forgiving about the wrapping: a JSON object inside a code fence or
-//! surrounded by prose is found. Strict about the values: the score is an integer 1..=100
+//! Strict, forgiving parsing of a model's scoring answer. Forgiving about the wrapping: a
+//! JSON object inside a code fence or surrounded by prose is found. Strict about the values: the score is an integer 1..=100
 //! (a JSON integer or a string of digits), never a fraction, an exponent, a negative or a
 //! null, so a made-up 0 is never stored. The error says what to fix, for the one re-ask.
 
@@ -27,13 +26,13 @@ pub struct ScoreAnswer {
 impl ScoreAnswer {
     /// The card the pipeline stores, naming the model that answered.
     pub fn into_card(self, model: &str) -> ScoreCard {
-        ScoreCard {
-            score: self.score,
-            reasoning: self.reasoning,
-            suggested_tone: self.suggested_tone,
-            confidence: self.confidence,
-            model: model.to_owned(),
-        }
+        ScoreCard::plain(
+            self.score,
+            self.reasoning,
+            self.suggested_tone,
+            self.confidence,
+            model.to_owned(),
+        )
     }
 }
 
@@ -59,7 +58,7 @@ pub fn parse_score_answer(text: &str) -> Result<ScoreAnswer, AnswerError> {
 }
 
 /// The first JSON object in the text: inside a code fence, on its own, or after prose.
-fn find_object(text: &str) -> Option<Map<String, Value>> {
+pub(crate) fn find_object(text: &str) -> Option<Map<String, Value>> {
     text.char_indices()
         .filter(|(_, c)| *c == '{')
         .find_map(|(start, _)| {

@@ -47,13 +47,13 @@ impl PointsScorer {
             .collect();
         let full = self.settings.fields_for_full_confidence.max(1) as f64;
         let confidence = (0.2 + 0.8 * (present_fields.len() as f64 / full)).min(1.0);
-        ScoreCard {
+        ScoreCard::plain(
             score,
             reasoning,
-            suggested_tone: suggest_tone(lead, score, &self.bands).into(),
-            confidence: (confidence * 100.0).round() / 100.0,
-            model: "builtin-points".into(),
-        }
+            suggest_tone(lead, score, &self.bands).into(),
+            (confidence * 100.0).round() / 100.0,
+            "builtin-points".into(),
+        )
     }
 }
 

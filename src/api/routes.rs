@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::api::ApiError;
 use crate::queue::DeadLetter;
 use crate::server::AppState;
-use crate::store::{EventStatus, LeadView};
+use crate::store::{EventStatus, LeadView, LlmStats};
 
 /// The body of `GET /api/stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +39,9 @@ pub struct Stats {
     /// The oldest dead letters (up to 20) with their reasons and attempt counts; empty when
     /// there are none.
     pub dead_letters: Vec<DeadLetter>,
+    /// LLM calls, tokens and cost (all zero with the built-in scorer).
+    #[serde(default)]
+    pub llm: LlmStats,
 }
 
 /// Latency percentiles in milliseconds.
@@ -106,6 +109,7 @@ pub async fn collect_stats(state: &AppState) -> Result<Stats, ApiError> {
         },
         review_reasons: store.review_reasons,
         dead_letters,
+        llm: store.llm,
     })
 }
 

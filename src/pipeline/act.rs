@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde_json::json;
 
+use crate::ai::ScoreCard;
 use crate::lead::Lead;
 use crate::pipeline::{Channel, Draft, Hit, Route};
 use crate::store::OutgoingMessage;
@@ -78,11 +79,18 @@ pub fn plan(route: &Route, lead: &Lead) -> Plan {
 }
 
 /// Why drafts must wait for a human; empty means they may go out.
-pub fn review_reasons(hits: &[Hit], confidence: f64, min_confidence: f64) -> Vec<String> {
+pub fn review_reasons(hits: &[Hit], card: &ScoreCard, min_confidence: f64) -> Vec<String> {
     let mut reasons: Vec<String> = hits.iter().map(Hit::reason).collect();
+    reasons.extend(card.review_flags.iter().cloned());
+    let confidence = card.confidence;
     if confidence < min_confidence {
+        let why = if card.notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", card.notes.join("; "))
+        };
         reasons.push(format!(
-            "low_confidence: {confidence:.2} is below {min_confidence:.2}"
+            "low_confidence: {confidence:.2} is below {min_confidence:.2}{why}"
         ));
     }
     reasons

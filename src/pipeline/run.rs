@@ -8,12 +8,18 @@ use async_trait::async_trait;
 use serde_json::json;
 use tracing::{info, instrument};
 
-use crate::ai::Scorer;
+use crate::ai::client::LlmClient;
+use crate::ai::prompts::Prompts;
+use crate::ai::scoring::ScoringEngine;
+use crate::ai::writer::{Verdict, Writer};
 use crate::channels::{ChannelError, Deliverer};
 use crate::config::Settings;
 use crate::lead::LeadEvent;
 use crate::pipeline::compose::ComposeInput;
-use crate::pipeline::{Composer, Guard, Handler, Outcome, Track, act, enrich, route, score};
+use crate::pipeline::guard::{Contacts, emails_in};
+use crate::pipeline::{
+    Composer, Draft, Guard, Handler, Hit, Outcome, Track, act, enrich, route, score,
+};
 use crate::queue::embedded::now_ms;
 use crate::store::{Decision, Processed, Store, StoreError};
 
@@ -23,6 +29,9 @@ pub enum StageError {
     /// Try again later with backoff (store or channel unavailable).
     #[error("{0}")]
     Retry(String),
+    /// Try again no sooner than this (a rate-limited provider said when).
+    #[error("{0}")]
+    RetryAfter(String, std::time::Duration),
     /// Can never succeed (unparseable message): dead-letter it now.
     #[error("{0}")]
     Permanent(String),
@@ -61,9 +70,11 @@ pub struct Handled {
 pub struct Pipeline {
     /// The CRM.
     pub store: Arc<dyn Store>,
-    /// Scores leads.
-    pub scorer: Arc<dyn Scorer>,
-    /// Writes drafts.
+    /// Scores leads (built-in, LLM or blend).
+    pub scoring: ScoringEngine,
+    /// Rewrites and judges drafts with the LLM, when one is configured.
+    pub writer: Option<Writer>,
+    /// Writes drafts from the templates.
     pub composer: Composer,
     /// Checks drafts.
     pub guard: Guard,
@@ -74,16 +85,46 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Runs every stage for one queued lead.
+    /// Assembles the stages for `settings`; `llm` is the process's shared client when a
+    /// provider is configured (see `ai::connect`).
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn Store>,
+        deliverer: Arc<dyn Deliverer>,
+        llm: Option<Arc<LlmClient>>,
+    ) -> anyhow::Result<Self> {
+        let prompts = Arc::new(
+            Prompts::new(settings.llm.prompts_dir.as_deref()).map_err(anyhow::Error::msg)?,
+        );
+        let guard = Guard::new(settings.guard.clone())
+            .map_err(|e| anyhow::anyhow!("invalid guard pattern: {e}"))?
+            .protect(&prompts.system_sentences());
+        Ok(Self {
+            store,
+            scoring: ScoringEngine::new(settings, llm.clone(), prompts.clone()),
+            writer: llm.map(|client| Writer::new(client, prompts, settings)),
+            composer: Composer::new(settings.compose.clone())?,
+            guard,
+            deliverer,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Runs every stage for one queued lead. `is_last_attempt`: no retry follows, so a
+    /// rate-limited LLM falls back instead of asking for one.
     #[instrument(skip_all, fields(event_id = %event.event_id))]
-    pub async fn handle_event(&self, event: &LeadEvent) -> Result<Handled, StageError> {
+    pub async fn handle_event(
+        &self,
+        event: &LeadEvent,
+        is_last_attempt: bool,
+    ) -> Result<Handled, StageError> {
         let store = self.store.as_ref();
         // Two events of one person never run at once (in any process): they would race on
         // `is_returning` and history. Held until this function returns.
         let _lead_lock = store.lock_lead(&event.lead.email.normalized()).await?;
         let enriched = enrich::enrich(store, event).await?;
         let lead_id = enriched.lead_id;
-        let card = score::score(self.scorer.as_ref(), store, lead_id, event).await?;
+        let card = score::score(&self.scoring, store, &enriched, event, is_last_attempt).await?;
         let route = route::route(card.score, &self.settings.route);
         let plan = act::plan(&route, &event.lead);
 
@@ -94,16 +135,52 @@ impl Pipeline {
             track: route.track,
             is_returning: enriched.is_returning,
         };
-        let (drafts, compose_error) = match self.composer.compose(&input, &plan.channels) {
+        let (mut drafts, compose_error) = match self.composer.compose(&input, &plan.channels) {
             Ok(drafts) => (drafts, None),
             Err(e) => (Vec::new(), Some(e)),
         };
-        let hits = self.guard.check(&drafts);
-        let mut reasons =
-            act::review_reasons(&hits, card.confidence, self.settings.act.min_confidence);
+        let mut writer_log = json!(null);
+        let mut calls = Vec::new();
+        let mut written_by_llm = false;
+        if let Some(writer) = self.writer.as_ref().filter(|w| w.writes())
+            && drafts.iter().any(|d| d.is_marketing())
+        {
+            let written = writer.rewrite(&input, drafts).await;
+            writer_log = json!({ "fallback": written.fallback,
+                                 "prompt_version": written.prompt_version });
+            written_by_llm = written.fallback.is_none();
+            calls.extend(written.calls);
+            drafts = written.drafts;
+        }
+
+        let mut hits = self.guard.check_with(&drafts, &self.contacts(event));
+        hits.extend(self.other_leads_named(&drafts, lead_id).await?);
+        let mut reasons = act::review_reasons(&hits, &card, self.settings.act.min_confidence);
         if let Some(e) = &compose_error {
             reasons.push(format!("template_error: {e}"));
         }
+        // The judge reads only what a model wrote, and only when nothing else holds it.
+        let mut verdict_log = json!(null);
+        if let Some(writer) = self.writer.as_ref().filter(|w| w.judges())
+            && written_by_llm
+            && reasons.is_empty()
+            && !plan.is_suppressed
+        {
+            match writer.judge(&drafts, &mut calls).await {
+                Verdict::Pass => verdict_log = json!({ "verdict": "pass" }),
+                Verdict::Fail(why) => {
+                    reasons.push(format!("judge_failed: {}", why.join("; ")));
+                    verdict_log = json!({ "verdict": "fail", "reasons": why });
+                }
+                Verdict::Unavailable(kind) => {
+                    reasons.push(format!("judge_unavailable: {kind}"));
+                    verdict_log = json!({ "verdict": null, "unavailable": kind });
+                }
+            }
+        }
+        store
+            .record_llm_calls(lead_id, &event.event_id, &calls)
+            .await?;
         let outcome = match (plan.is_suppressed, reasons.is_empty()) {
             (true, _) => Outcome::Suppressed,
             (false, false) => Outcome::Review,
@@ -125,9 +202,13 @@ impl Pipeline {
                 (
                     "compose",
                     json!({ "templates": drafts.iter().map(|d| &d.template).collect::<Vec<_>>(),
-                                    "error": compose_error.map(|e| e.to_string()) }),
+                            "error": compose_error.map(|e| e.to_string()),
+                            "writer": writer_log }),
                 ),
-                ("guard", act::guard_log(&hits)),
+                (
+                    "guard",
+                    json!({ "rules": act::guard_log(&hits), "judge": verdict_log }),
+                ),
             ],
         };
         let stored = self.store.record_decision(&decision).await?;
@@ -169,6 +250,56 @@ impl Pipeline {
             is_first_finish,
         })
     }
+
+    /// The addresses a draft may name: the sender's and the lead's own.
+    fn contacts(&self, event: &LeadEvent) -> Contacts {
+        let sender = self
+            .settings
+            .compose
+            .email_from
+            .parse::<lettre::message::Mailbox>()
+            .map(|m| m.email.to_string().to_lowercase())
+            .ok();
+        let lead = &event.lead;
+        Contacts {
+            emails: sender
+                .into_iter()
+                .chain([
+                    lead.email.normalized(),
+                    lead.email.transport().to_lowercase(),
+                ])
+                .collect(),
+            phones: lead
+                .phone
+                .iter()
+                .map(|p| p.as_str().chars().filter(char::is_ascii_digit).collect())
+                .collect(),
+        }
+    }
+
+    /// A hit for each draft that names an email address the CRM holds for another lead.
+    async fn other_leads_named(
+        &self,
+        drafts: &[Draft],
+        lead_id: i64,
+    ) -> Result<Vec<Hit>, StageError> {
+        let emails = emails_in(drafts);
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let others = self.store.leads_with_emails(&emails, lead_id).await?;
+        Ok(others
+            .iter()
+            .take(1)
+            .map(|other| Hit {
+                rule: "other_lead_data",
+                channel: drafts
+                    .first()
+                    .map_or(crate::pipeline::Channel::Email, |d| d.channel),
+                detail: format!("names the address of lead {other}"),
+            })
+            .collect())
+    }
 }
 
 fn display_name(event: &LeadEvent) -> Option<String> {
@@ -182,7 +313,12 @@ fn display_name(event: &LeadEvent) -> Option<String> {
 
 #[async_trait]
 impl Handler for Pipeline {
-    async fn handle(&self, payload: &[u8]) -> Result<Handled, StageError> {
+    async fn handle(
+        &self,
+        payload: &[u8],
+        _attempt: u32,
+        is_last: bool,
+    ) -> Result<Handled, StageError> {
         // The reason names the kind and place of the error, not serde's text: that quotes the
         // offending value, which could be an email address, into logs and dead letters.
         let event: LeadEvent = serde_json::from_slice(payload).map_err(|e| {
@@ -192,6 +328,6 @@ impl Handler for Pipeline {
                 e.classify()
             ))
         })?;
-        self.handle_event(&event).await
+        self.handle_event(&event, is_last).await
     }
 }

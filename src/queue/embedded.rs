@@ -276,13 +276,19 @@ impl Queue for EmbeddedQueue {
         Ok(())
     }
 
-    async fn retry(&self, delivery: &Delivery, reason: &str) -> Result<Retried, QueueError> {
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        at_least: Option<std::time::Duration>,
+    ) -> Result<Retried, QueueError> {
         if delivery.attempt >= self.settings.max_attempts {
             self.set_dead(delivery.handle, reason).await?;
             return Ok(Retried::DeadLettered);
         }
         let s = &self.settings;
-        let delay_ms = backoff::delay_ms(delivery.attempt, s.backoff_base_ms, s.backoff_max_ms);
+        let delay_ms = backoff::delay_ms(delivery.attempt, s.backoff_base_ms, s.backoff_max_ms)
+            .max(at_least.map_or(0, |d| d.as_millis() as u64));
         let _writer = self.writer.lock().await;
         sqlx::query(
             "UPDATE jobs SET state = 'ready', available_at = ?, last_error = ?
@@ -418,7 +424,7 @@ mod tests {
         q.enqueue(message("e1", "k")).await.unwrap();
 
         let first = q.lease().await.unwrap().unwrap();
-        let scheduled = q.retry(&first, "boom 1").await.unwrap();
+        let scheduled = q.retry(&first, "boom 1", None).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let second = loop {
             if let Some(d) = q.lease().await.unwrap() {
@@ -430,7 +436,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
-        let dead = q.retry(&second, "boom 2").await.unwrap();
+        let dead = q.retry(&second, "boom 2", None).await.unwrap();
 
         assert!(matches!(scheduled, Retried::Scheduled { .. }));
         assert_eq!(second.attempt, 2);

@@ -114,7 +114,14 @@ pub trait Queue: Send + Sync {
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
 
     /// Schedules another attempt with backoff, or dead-letters after the last attempt.
-    async fn retry(&self, delivery: &Delivery, reason: &str) -> Result<Retried, QueueError>;
+    /// `at_least` raises the delay (a rate-limited provider said when to come back); the
+    /// RabbitMQ queue caps it at its longest backoff step.
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        at_least: Option<std::time::Duration>,
+    ) -> Result<Retried, QueueError>;
 
     /// Moves a message that can never succeed straight to the dead-letter state.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError>;

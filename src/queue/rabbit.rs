@@ -612,18 +612,36 @@ impl Queue for RabbitQueue {
         Ok(())
     }
 
-    async fn retry(&self, delivery: &Delivery, reason: &str) -> Result<Retried, QueueError> {
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        at_least: Option<std::time::Duration>,
+    ) -> Result<Retried, QueueError> {
         if delivery.attempt >= self.worker.max_attempts {
             self.dead_letter(delivery, reason).await?;
             return Ok(Retried::DeadLettered);
         }
         let delays = self.retry_delays();
-        let step = delays[(delivery.attempt as usize)
+        let by_attempt = delays[(delivery.attempt as usize)
             .saturating_sub(1)
             .min(delays.len() - 1)];
+        let at_least_ms = at_least.map_or(0, |d| d.as_millis() as u64);
+        // A provider's "come back in N s" picks the first step at least that long (the
+        // longest step when none is).
+        let step = if at_least_ms > by_attempt {
+            delays
+                .iter()
+                .copied()
+                .find(|d| *d >= at_least_ms)
+                .unwrap_or(delays[delays.len() - 1])
+        } else {
+            by_attempt
+        };
         // The step's queue TTL is the cap; a per-message expiration in its upper half is the
         // jitter, so leads that failed together do not all return together.
-        let delay_ms = rand::Rng::random_range(&mut rand::rng(), step / 2..=step);
+        let floor = (step / 2).max(at_least_ms.min(step));
+        let delay_ms = rand::Rng::random_range(&mut rand::rng(), floor..=step);
         let headers = headers(&delivery.event_id, delivery.attempt, Some(reason));
         // Published before the ack: a crash in between leaves two copies (the pipeline is
         // idempotent), never none.

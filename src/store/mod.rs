@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::ai::ScoreCard;
+use crate::ai::client::LlmCall;
 use crate::lead::LeadEvent;
 use crate::pipeline::{Channel, Outcome, Track};
 
@@ -118,6 +119,44 @@ pub struct StoreStats {
     pub latency_p99_ms: f64,
     /// Review tasks per reason code (the part of the reason before ':').
     pub review_reasons: BTreeMap<String, u64>,
+    /// LLM calls, tokens and cost.
+    pub llm: LlmStats,
+}
+
+/// LLM usage for `/api/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct LlmStats {
+    /// Calls made (failed ones included).
+    pub calls: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// USD, from the configured prices.
+    pub cost_usd: f64,
+    /// USD since the start of the UTC day (what the daily budget counts).
+    pub cost_today_usd: f64,
+    /// Leads with at least one call.
+    pub leads: u64,
+    /// Mean cost of a lead that used the LLM.
+    pub cost_per_lead_usd: f64,
+    /// The same, per model.
+    pub by_model: BTreeMap<String, ModelUsage>,
+    /// Calls per status (`ok`, `invalid_answer`, `timeout`, `rate_limited` …).
+    pub by_status: BTreeMap<String, u64>,
+}
+
+/// One model's usage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct ModelUsage {
+    /// Calls made.
+    pub calls: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// USD.
+    pub cost_usd: f64,
 }
 
 /// Where one delivery stands, for `GET /api/events/{id}`.
@@ -148,6 +187,8 @@ pub struct LeadView {
     pub scores: Vec<serde_json::Value>,
     /// Messages, oldest first.
     pub messages: Vec<StoredMessage>,
+    /// LLM calls made for this lead, with tokens and cost.
+    pub llm_calls: Vec<serde_json::Value>,
     /// Review tasks, oldest first.
     pub review_tasks: Vec<serde_json::Value>,
     /// The event log.
@@ -204,6 +245,27 @@ pub trait Store: Send + Sync {
         event_id: &str,
         card: &ScoreCard,
     ) -> Result<ScoreCard, StoreError>;
+
+    /// The score stored for this event by an earlier attempt, if any.
+    async fn score_of(&self, event_id: &str) -> Result<Option<ScoreCard>, StoreError>;
+
+    /// Records LLM calls made for an event (scoring, writing, judging).
+    async fn record_llm_calls(
+        &self,
+        lead_id: i64,
+        event_id: &str,
+        calls: &[LlmCall],
+    ) -> Result<(), StoreError>;
+
+    /// USD spent on LLM calls recorded since `since_ms`.
+    async fn llm_spent_since(&self, since_ms: i64) -> Result<f64, StoreError>;
+
+    /// Ids of other leads whose normalised email is one of `emails`.
+    async fn leads_with_emails(
+        &self,
+        emails: &[String],
+        except_lead: i64,
+    ) -> Result<Vec<i64>, StoreError>;
 
     /// Stores messages, review task and log of a decision; returns the event's stored
     /// messages (an earlier attempt's, if there was one).

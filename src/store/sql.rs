@@ -15,11 +15,12 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::ai::ScoreCard;
+use crate::ai::client::LlmCall;
 use crate::lead::{LeadEvent, Score};
 use crate::queue::embedded::now_ms;
 use crate::store::{
-    Decision, Enriched, EventStatus, LeadLock, LeadView, Processed, Store, StoreError, StoreStats,
-    StoredMessage,
+    Decision, Enriched, EventStatus, LeadLock, LeadView, LlmStats, ModelUsage, Processed, Store,
+    StoreError, StoreStats, StoredMessage,
 };
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite/store");
@@ -309,9 +310,15 @@ impl Store for SqlStore {
         card: &ScoreCard,
     ) -> Result<ScoreCard, StoreError> {
         let (_writer, mut tx) = self.begin().await?;
+        let detail = json!({
+            "parts": card.parts,
+            "review_flags": card.review_flags,
+            "notes": card.notes,
+        });
         let inserted = sqlx::query(
-            "INSERT INTO scores (lead_id, event_id, score, confidence, tone, reasoning, model, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            "INSERT INTO scores (lead_id, event_id, score, confidence, tone, reasoning, model,
+                                 created_at, detail, prompt_version, raw_answer)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
         )
         .bind(lead_id)
         .bind(event_id)
@@ -321,27 +328,93 @@ impl Store for SqlStore {
         .bind(serde_json::to_string(&card.reasoning)?)
         .bind(&card.model)
         .bind(now_ms())
+        .bind(detail.to_string())
+        .bind(card.prompt_version.clone())
+        .bind(card.raw_answer.clone())
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if inserted > 0 {
-            log_event(&mut tx, lead_id, event_id, "score", &json!(card)).await?;
+            // The raw answer stays in its column; the log keeps the decision.
+            let mut logged = card.clone();
+            logged.raw_answer = None;
+            log_event(&mut tx, lead_id, event_id, "score", &json!(logged)).await?;
         }
-        let row = sqlx::query(
-            "SELECT score, confidence, tone, reasoning, model FROM scores WHERE event_id = $1",
-        )
-        .bind(event_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = sqlx::query(SCORE_BY_EVENT)
+            .bind(event_id)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
-        let score = Score::new(row.try_get("score")?).map_err(|e| StoreError(e.to_string()))?;
-        Ok(ScoreCard {
-            score,
-            confidence: row.try_get("confidence")?,
-            suggested_tone: row.try_get("tone")?,
-            reasoning: serde_json::from_str(&row.try_get::<String, _>("reasoning")?)?,
-            model: row.try_get("model")?,
-        })
+        score_from_row(&row)
+    }
+
+    async fn score_of(&self, event_id: &str) -> Result<Option<ScoreCard>, StoreError> {
+        let row = sqlx::query(SCORE_BY_EVENT)
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(score_from_row).transpose()
+    }
+
+    async fn record_llm_calls(
+        &self,
+        lead_id: i64,
+        event_id: &str,
+        calls: &[LlmCall],
+    ) -> Result<(), StoreError> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let (_writer, mut tx) = self.begin().await?;
+        for call in calls {
+            sqlx::query(
+                "INSERT INTO llm_calls (lead_id, event_id, purpose, model, prompt_version, status,
+                                        input_tokens, output_tokens, cost_usd, latency_ms, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(lead_id)
+            .bind(event_id)
+            .bind(call.purpose)
+            .bind(&call.model)
+            .bind(&call.prompt_version)
+            .bind(&call.status)
+            .bind(call.input_tokens as i64)
+            .bind(call.output_tokens as i64)
+            .bind(call.cost_usd)
+            .bind(call.latency_ms)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn llm_spent_since(&self, since_ms: i64) -> Result<f64, StoreError> {
+        let spent: Option<f64> =
+            sqlx::query_scalar("SELECT SUM(cost_usd) FROM llm_calls WHERE created_at >= $1")
+                .bind(since_ms)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(spent.unwrap_or(0.0))
+    }
+
+    async fn leads_with_emails(
+        &self,
+        emails: &[String],
+        except_lead: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut found = Vec::new();
+        for email in emails.iter().take(20) {
+            let id: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM leads WHERE email_normalized = $1 AND id <> $2")
+                    .bind(email)
+                    .bind(except_lead)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            found.extend(id);
+        }
+        Ok(found)
     }
 
     async fn record_decision(&self, decision: &Decision) -> Result<Vec<StoredMessage>, StoreError> {
@@ -487,6 +560,7 @@ impl Store for SqlStore {
             latency_p50_ms: p50 as f64,
             latency_p99_ms: p99 as f64,
             review_reasons,
+            llm: self.llm_stats().await?,
         })
     }
 
@@ -510,6 +584,26 @@ impl Store for SqlStore {
     }
 
     async fn lead_view(&self, lead_id: i64) -> Result<Option<LeadView>, StoreError> {
+        let calls = sqlx::query("SELECT * FROM llm_calls WHERE lead_id = $1 ORDER BY id")
+            .bind(lead_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let llm_calls = calls
+            .iter()
+            .map(|r| {
+                json!({
+                    "event_id": r.try_get::<String, _>("event_id").unwrap_or_default(),
+                    "purpose": r.try_get::<String, _>("purpose").unwrap_or_default(),
+                    "model": r.try_get::<String, _>("model").unwrap_or_default(),
+                    "prompt_version": r.try_get::<String, _>("prompt_version").unwrap_or_default(),
+                    "status": r.try_get::<String, _>("status").unwrap_or_default(),
+                    "input_tokens": r.try_get::<i64, _>("input_tokens").unwrap_or_default(),
+                    "output_tokens": r.try_get::<i64, _>("output_tokens").unwrap_or_default(),
+                    "cost_usd": r.try_get::<f64, _>("cost_usd").unwrap_or_default(),
+                    "latency_ms": r.try_get::<i64, _>("latency_ms").unwrap_or_default(),
+                })
+            })
+            .collect();
         let Some(lead) = sqlx::query("SELECT email, profile FROM leads WHERE id = $1")
             .bind(lead_id)
             .fetch_optional(&self.pool)
@@ -550,6 +644,9 @@ impl Store for SqlStore {
                         "tone": r.try_get::<String, _>("tone").unwrap_or_default(),
                         "model": r.try_get::<String, _>("model").unwrap_or_default(),
                         "reasoning": json_column(r, "reasoning"),
+                        "detail": json_column(r, "detail"),
+                        "prompt_version": r.try_get::<Option<String>, _>("prompt_version").unwrap_or_default(),
+                        "raw_answer": r.try_get::<Option<String>, _>("raw_answer").unwrap_or_default(),
                     })
                 })
                 .collect(),
@@ -557,6 +654,7 @@ impl Store for SqlStore {
                 .iter()
                 .map(message_from_row)
                 .collect::<Result<_, _>>()?,
+            llm_calls,
             review_tasks: tasks
                 .iter()
                 .map(|r| {
@@ -580,5 +678,81 @@ impl Store for SqlStore {
                 })
                 .collect(),
         }))
+    }
+}
+
+const SCORE_BY_EVENT: &str = "SELECT score, confidence, tone, reasoning, model, detail, prompt_version, raw_answer FROM scores WHERE event_id = $1";
+
+fn score_from_row(row: &AnyRow) -> Result<ScoreCard, StoreError> {
+    let score = Score::new(row.try_get("score")?).map_err(|e| StoreError(e.to_string()))?;
+    let detail: Value = serde_json::from_str(&row.try_get::<String, _>("detail")?)?;
+    let texts = |key: &str| -> Vec<String> {
+        detail
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut card = ScoreCard::plain(
+        score,
+        serde_json::from_str(&row.try_get::<String, _>("reasoning")?)?,
+        row.try_get("tone")?,
+        row.try_get("confidence")?,
+        row.try_get("model")?,
+    );
+    card.review_flags = texts("review_flags");
+    card.notes = texts("notes");
+    card.parts = detail.get("parts").cloned().unwrap_or(Value::Null);
+    card.prompt_version = row.try_get("prompt_version")?;
+    card.raw_answer = row.try_get("raw_answer")?;
+    Ok(card)
+}
+
+impl SqlStore {
+    async fn llm_stats(&self) -> Result<LlmStats, StoreError> {
+        let by_model: Vec<(String, i64, i64, i64, f64)> = sqlx::query_as(
+            "SELECT model, COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT),
+                    SUM(cost_usd)
+             FROM llm_calls GROUP BY model",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let by_status: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM llm_calls GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        let leads: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT lead_id) FROM llm_calls")
+            .fetch_one(&self.pool)
+            .await?;
+        let today = now_ms().div_euclid(86_400_000) * 86_400_000;
+        let mut stats = LlmStats {
+            cost_today_usd: self.llm_spent_since(today).await?,
+            leads: leads as u64,
+            by_status: by_status.into_iter().map(|(k, v)| (k, v as u64)).collect(),
+            ..LlmStats::default()
+        };
+        for (model, calls, input, output, cost) in by_model {
+            stats.calls += calls as u64;
+            stats.input_tokens += input as u64;
+            stats.output_tokens += output as u64;
+            stats.cost_usd += cost;
+            stats.by_model.insert(
+                model,
+                ModelUsage {
+                    calls: calls as u64,
+                    input_tokens: input as u64,
+                    output_tokens: output as u64,
+                    cost_usd: cost,
+                },
+            );
+        }
+        if leads > 0 {
+            stats.cost_per_lead_usd = stats.cost_usd / leads as f64;
+        }
+        Ok(stats)
     }
 }

@@ -2,6 +2,8 @@
 //! posts webhooks over HTTP, and waits for conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod fake_llm;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
