@@ -144,9 +144,9 @@ pub async fn start_part(
     });
     let workers = if part.has_workers() {
         let store: Arc<dyn crate::store::Store> = store;
-        let llm = crate::ai::connect(
+        let llm = crate::ai::client::connect(
             &settings.llm,
-            Arc::new(crate::ai::StoreLedger(store.clone())),
+            Arc::new(crate::ai::client::StoreLedger(store.clone())),
         )?;
         let deliverer = Arc::new(Outbox::open(&data_dir, &settings.compose.email_from)?);
         let pipeline = Pipeline::new(&settings, store, deliverer, llm)?;

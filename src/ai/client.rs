@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::ai::limits::{Breaker, Limits};
 use crate::ai::provider::{ChatReply, ChatRequest, LlmProvider, ProviderError};
-use crate::config::LlmSettings;
+use crate::config::{LlmProviderKind, LlmSettings};
 use crate::queue::embedded::now_ms;
 use crate::store::StoreError;
 use crate::telemetry;
@@ -344,4 +344,48 @@ fn estimate_tokens(request: &ChatRequest) -> u32 {
             .map(|m| m.content.len())
             .sum::<usize>();
     (chars / 4) as u32 + request.max_tokens
+}
+
+/// The day's LLM spend as the CRM store records it (shared by every process).
+pub struct StoreLedger(pub Arc<dyn crate::store::Store>);
+
+#[async_trait]
+impl SpendLedger for StoreLedger {
+    async fn spent_since(&self, since_ms: i64) -> Result<f64, crate::store::StoreError> {
+        self.0.llm_spent_since(since_ms).await
+    }
+}
+
+/// The process's LLM client for `settings`, or `None` for the built-in provider. The API key
+/// is read here, from the variable `llm.api_key_env` names, and kept only in the provider.
+pub fn connect(
+    settings: &crate::config::LlmSettings,
+    ledger: Arc<dyn SpendLedger>,
+) -> anyhow::Result<Option<Arc<LlmClient>>> {
+    if settings.provider == LlmProviderKind::Builtin {
+        return Ok(None);
+    }
+    let key = settings
+        .effective_key_env()
+        .map(|name| {
+            std::env::var(&name)
+                .map_err(|_| anyhow::anyhow!("llm.api_key_env: the variable {name} is not set"))
+        })
+        .transpose()?;
+    let base = settings.effective_base_url();
+    let provider: Arc<dyn LlmProvider> = match settings.provider {
+        LlmProviderKind::Builtin => return Ok(None),
+        LlmProviderKind::Openai => Arc::new(
+            crate::ai::openai::OpenAiProvider::new(&base, key, settings.api_key_header)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        LlmProviderKind::Anthropic => Arc::new(
+            crate::ai::anthropic::AnthropicProvider::new(&base, key).map_err(anyhow::Error::msg)?,
+        ),
+    };
+    Ok(Some(Arc::new(LlmClient::new(
+        provider,
+        settings.clone(),
+        ledger,
+    ))))
 }

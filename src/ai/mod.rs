@@ -1,5 +1,9 @@
-//! Scorers behind one trait. The built-in points model is the offline default; LLM providers
-//! and a trained statistical model plug in behind the same `Scorer`.
+//! Scoring and writing. The built-in points model (`points`) is the offline default and the
+//! fallback; `scoring` combines it with an LLM per `score.mode`; `writer` rewrites and judges
+//! drafts. LLM vendors sit behind `provider::LlmProvider` (`openai`, `anthropic`), and
+//! `client` wraps one with rate limits (`limits`), a breaker, a budget and cost records.
+//! `prompts` holds the prompt files, `answer` parses a scoring answer, `injection` flags lead
+//! text that reads as instructions.
 
 pub mod answer;
 pub mod anthropic;
@@ -11,13 +15,13 @@ pub mod openai;
 pub mod points;
 pub mod prompts;
 pub mod provider;
+pub mod retry_after;
 pub mod scoring;
 pub mod writer;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::lead::{Lead, Score};
+use crate::lead::Score;
 
 /// A propensity score with what it rests on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,66 +76,4 @@ impl ScoreCard {
             raw_answer: None,
         }
     }
-}
-
-/// A scorer could not produce a score.
-#[derive(Debug, thiserror::Error)]
-pub enum ScoreError {
-    /// Worth another attempt later (a provider timed out or rate-limited us).
-    #[error("scorer unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// Anything that turns a lead into a score card.
-#[async_trait]
-pub trait Scorer: Send + Sync {
-    /// Scores one lead.
-    async fn score(&self, lead: &Lead) -> Result<ScoreCard, ScoreError>;
-}
-
-/// The day's LLM spend as the CRM store records it (shared by every process).
-pub struct StoreLedger(pub std::sync::Arc<dyn crate::store::Store>);
-
-#[async_trait]
-impl client::SpendLedger for StoreLedger {
-    async fn spent_since(&self, since_ms: i64) -> Result<f64, crate::store::StoreError> {
-        self.0.llm_spent_since(since_ms).await
-    }
-}
-
-/// The process's LLM client for `settings`, or `None` for the built-in provider. The API key
-/// is read here, from the variable `llm.api_key_env` names, and kept only in the provider.
-pub fn connect(
-    settings: &crate::config::LlmSettings,
-    ledger: std::sync::Arc<dyn client::SpendLedger>,
-) -> anyhow::Result<Option<std::sync::Arc<client::LlmClient>>> {
-    use crate::config::LlmProviderKind;
-    use std::sync::Arc;
-
-    if settings.provider == LlmProviderKind::Builtin {
-        return Ok(None);
-    }
-    let key = settings
-        .effective_key_env()
-        .map(|name| {
-            std::env::var(&name)
-                .map_err(|_| anyhow::anyhow!("llm.api_key_env: the variable {name} is not set"))
-        })
-        .transpose()?;
-    let base = settings.effective_base_url();
-    let provider: Arc<dyn provider::LlmProvider> = match settings.provider {
-        LlmProviderKind::Builtin => return Ok(None),
-        LlmProviderKind::Openai => Arc::new(
-            openai::OpenAiProvider::new(&base, key, settings.api_key_header)
-                .map_err(anyhow::Error::msg)?,
-        ),
-        LlmProviderKind::Anthropic => {
-            Arc::new(anthropic::AnthropicProvider::new(&base, key).map_err(anyhow::Error::msg)?)
-        }
-    };
-    Ok(Some(Arc::new(client::LlmClient::new(
-        provider,
-        settings.clone(),
-        ledger,
-    ))))
 }

@@ -1,9 +1,7 @@
 //! The built-in scorer: a transparent points model whose rules live in configuration.
 //! Every point of a score can be traced to a named rule, so a marketer can argue with it.
 
-use async_trait::async_trait;
-
-use crate::ai::{ScoreCard, ScoreError, Scorer};
+use crate::ai::ScoreCard;
 use crate::config::{RouteSettings, ScoreRule, ScoreSettings};
 use crate::lead::{Lead, Score};
 
@@ -21,7 +19,7 @@ impl PointsScorer {
         Self { settings, bands }
     }
 
-    /// Scores without I/O; the async trait method only wraps this.
+    /// Scores without I/O.
     pub fn score_now(&self, lead: &Lead) -> ScoreCard {
         let mut matched: Vec<(&ScoreRule, String)> = Vec::new();
         let mut present_fields: Vec<&str> = Vec::new();
@@ -54,13 +52,6 @@ impl PointsScorer {
             (confidence * 100.0).round() / 100.0,
             "builtin-points".into(),
         )
-    }
-}
-
-#[async_trait]
-impl Scorer for PointsScorer {
-    async fn score(&self, lead: &Lead) -> Result<ScoreCard, ScoreError> {
-        Ok(self.score_now(lead))
     }
 }
 

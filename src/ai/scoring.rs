@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::ai::ScoreCard;
-use crate::ai::answer::{AnswerError, ScoreAnswer, parse_score_answer};
+use crate::ai::answer::{ScoreAnswer, parse_score_answer};
 use crate::ai::client::{CallError, LlmCall, LlmClient, Purpose};
 use crate::ai::injection;
 use crate::ai::points::PointsScorer;
@@ -112,8 +112,9 @@ impl ScoringEngine {
                 }
                 self.fallback(&builtin, e.kind(), None)
             }
-            Err(Failure::Invalid(e, raw)) => {
-                warn!(error = %e, "LlmScoreAnswerRefused");
+            Err(Failure::Invalid(raw)) => {
+                // The refusal can quote the model's text, which can quote the lead: not logged.
+                warn!("LlmScoreAnswerRefused");
                 self.fallback(&builtin, "invalid_answer", Some(raw))
             }
             Err(Failure::Prompt(e)) => {
@@ -178,7 +179,7 @@ impl ScoringEngine {
             max_tokens: s.llm.max_output_tokens,
             temperature: 0.0,
         };
-        let mut refused: Option<(AnswerError, String)> = None;
+        let mut refused: Option<String> = None;
         for _ in 0..2 {
             let reply = client
                 .call(Purpose::Score, &prompt.version, &request, calls)
@@ -200,12 +201,11 @@ impl ScoringEngine {
                             "Your answer was refused: {e}. Answer again with only the JSON object described in your instructions."
                         ),
                     });
-                    refused = Some((e, clip(&reply.text)));
+                    refused = Some(clip(&reply.text));
                 }
             }
         }
-        let (e, raw) = refused.unwrap_or_else(|| (AnswerError("no answer".into()), String::new()));
-        Err(Failure::Invalid(e, raw))
+        Err(Failure::Invalid(refused.unwrap_or_default()))
     }
 
     fn combine(
@@ -300,7 +300,8 @@ impl ScoringEngine {
 
 enum Failure {
     Call(CallError),
-    Invalid(AnswerError, String),
+    /// Refused twice; the last raw answer.
+    Invalid(String),
     Prompt(String),
 }
 

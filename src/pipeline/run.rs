@@ -86,7 +86,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Assembles the stages for `settings`; `llm` is the process's shared client when a
-    /// provider is configured (see `ai::connect`).
+    /// provider is configured (see `ai::client::connect`).
     pub fn new(
         settings: &Settings,
         store: Arc<dyn Store>,
