@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::channels::Outbox;
 use crate::config::{QueueKind, Settings};
@@ -148,6 +148,9 @@ pub async fn start_part(
             &settings.llm,
             Arc::new(crate::ai::client::StoreLedger(store.clone())),
         )?;
+        if llm.is_some() {
+            warn_if_leases_are_short(&settings);
+        }
         let deliverer = Arc::new(Outbox::open(&data_dir, &settings.compose.email_from)?);
         let pipeline = Pipeline::new(&settings, store, deliverer, llm)?;
         run_workers(
@@ -167,6 +170,24 @@ pub async fn start_part(
         server,
         workers,
     })
+}
+
+/// The embedded queue hands a lead out again when its lease runs out. One lead can spend up
+/// to four LLM deadlines (score, re-ask, write, judge) plus two 429 pauses: a shorter lease
+/// means a second worker picks the lead up while the first still waits on the model. That
+/// is safe (the per-lead lock and the idempotency keys hold) but wasteful, and a lead whose
+/// lease keeps running out is dead-lettered. Not an error: a fast local model is fine.
+fn warn_if_leases_are_short(settings: &Settings) {
+    let llm = &settings.llm;
+    let worst = 4 * llm.timeout_seconds + 2 * llm.max_wait_seconds;
+    if settings.queue == QueueKind::Embedded && settings.worker.visibility_timeout_seconds <= worst
+    {
+        warn!(
+            visibility_timeout_seconds = settings.worker.visibility_timeout_seconds,
+            llm_worst_case_seconds = worst,
+            "LeaseShorterThanLlmWorstCase: raise worker.visibility_timeout_seconds above 4 × llm.timeout_seconds + 2 × llm.max_wait_seconds"
+        );
+    }
 }
 
 /// Connects to the CRM database of the settings and runs its migrations.
