@@ -777,6 +777,12 @@ impl Settings {
                 return invalid(format!("{name} ({value}) must be within 0..=1"));
             }
         }
+        if self.score.fallback_confidence >= self.act.min_confidence {
+            return invalid(format!(
+                "score.fallback_confidence ({}) must be below act.min_confidence ({}): a fallback or suspicious score must wait for a human",
+                self.score.fallback_confidence, self.act.min_confidence
+            ));
+        }
         if !(0..=99).contains(&self.score.max_gap) {
             return invalid(format!(
                 "score.max_gap ({}) must be within 0..=99",
@@ -808,6 +814,7 @@ impl Settings {
         let mut shown = self.clone();
         shown.amqp_url = SecretUrl(self.amqp_url.masked());
         shown.database_url = self.database_url.as_ref().map(|u| SecretUrl(u.masked()));
+        shown.llm.base_url = self.llm.base_url.as_deref().map(crate::ai::http::shown_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
     }
 }
@@ -863,6 +870,15 @@ mod tests {
         let tls = "queue = \"rabbitmq\"\namqp_url = \"amqps://u:p@h/%2f\"\n";
         assert!(load(tls).contains("amqps:// (TLS) is not supported"));
         assert!(load("queue = \"rabbitmq\"\namqp_url = \"not a url\"\n").contains("amqp_url"));
+        assert!(
+            load("[score]\nfallback_confidence = 0.9\n")
+                .contains("must be below act.min_confidence")
+        );
+        assert!(load("[score]\nmode = \"llm\"\n").contains("needs an LLM"));
+        let no_price = "[llm]\nprovider = \"openai\"\nmodel = \"x\"\napi_key_env = \"\"\n";
+        assert!(load(no_price).contains("no price for model 'x'"));
+        let bad_url = "[llm]\nprovider = \"openai\"\nbase_url = \"ftp://h\"\napi_key_env = \"\"\n";
+        assert!(load(bad_url).contains("llm.base_url"));
     }
 
     #[test]

@@ -274,6 +274,10 @@ impl LlmClient {
             .acquire(estimate_tokens(request), max_pause)
             .await
             .map_err(CallError::Paused)?;
+        // The breaker may have opened while this call waited for a slot.
+        if let Err(left) = self.breaker.check() {
+            return Err(CallError::CircuitOpen(left));
+        }
         let started = Instant::now();
         let deadline = Duration::from_secs(self.settings.timeout_seconds);
         let result = tokio::time::timeout(deadline, self.provider.chat(request))
@@ -320,10 +324,12 @@ impl LlmClient {
                             "unauthorized"
                         });
                         self.breaker.trip();
+                        warn!(kind = e.kind(), "LlmDisabledUntilCooldown");
                     }
                     _ => {
                         if self.breaker.failure() {
                             telemetry::llm_alert("circuit_open");
+                            warn!(kind = e.kind(), "LlmCircuitOpened");
                         }
                     }
                 }

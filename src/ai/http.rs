@@ -61,11 +61,17 @@ pub fn endpoint(base_url: &str, path: &str) -> Result<Url, String> {
 /// `base_url` as it may be shown in logs and `Debug`: any password in it masked.
 pub fn shown_url(base_url: &str) -> String {
     match Url::parse(base_url.trim()) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            // A query can carry a key (`?key=…`, `?api-key=…`).
+            if url.query().is_some() {
+                url.set_query(Some("***"));
+            }
             url.to_string()
         }
-        _ => base_url.trim().to_owned(),
+        Err(_) => "(unparseable url)".to_owned(),
     }
 }
 
@@ -409,6 +415,10 @@ mod tests {
         assert_eq!(
             shown_url("http://127.0.0.1:11434/v1"),
             "http://127.0.0.1:11434/v1"
+        );
+        assert_eq!(
+            shown_url("https://r.openai.azure.com/openai/v1?key=SECRET2"),
+            "https://r.openai.azure.com/openai/v1?***"
         );
     }
 

@@ -287,8 +287,14 @@ impl Queue for EmbeddedQueue {
             return Ok(Retried::DeadLettered);
         }
         let s = &self.settings;
+        // A provider's wait raises the delay but never past the backoff cap: an hour-long
+        // rate-limit reset must not park leads for an hour (they come back, find the
+        // process still paused, and fall back on their last attempt).
+        let at_least_ms = at_least
+            .map_or(0, |d| d.as_millis() as u64)
+            .min(s.backoff_max_ms);
         let delay_ms = backoff::delay_ms(delivery.attempt, s.backoff_base_ms, s.backoff_max_ms)
-            .max(at_least.map_or(0, |d| d.as_millis() as u64));
+            .max(at_least_ms);
         let _writer = self.writer.lock().await;
         sqlx::query(
             "UPDATE jobs SET state = 'ready', available_at = ?, last_error = ?
