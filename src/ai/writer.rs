@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::ai::answer::find_object;
 use crate::ai::client::{CallError, LlmCall, LlmClient, Purpose};
-use crate::ai::prompts::{Prompts, data_json, lead_json};
+use crate::ai::prompts::{Prompts, data_json, lead_json, redact_contacts};
 use crate::ai::provider::{ChatMessage, ChatRequest, OutputSchema, Role};
 use crate::ai::scoring::plain_text;
 use crate::config::Settings;
@@ -97,7 +97,8 @@ impl Writer {
             "track": input.track.as_str(),
             "tone": input.card.suggested_tone,
             "returning": input.is_returning,
-            "reasoning": input.card.reasoning,
+            // The built-in reasons quote lead fields: they get the same redaction.
+            "reasoning": input.card.reasoning.iter().map(|r| redact_contacts(r)).collect::<Vec<_>>(),
             "lead_json": lead_json(input.lead, s.llm.max_lead_text_chars, true),
             "reference_subject": email.subject.clone().unwrap_or_default(),
             "reference_body": reference_body,
