@@ -51,6 +51,30 @@ pub struct ChatRequest {
     pub temperature: f32,
 }
 
+impl ChatRequest {
+    /// One question (`system`, then one user message) whose answer must be JSON of `schema`.
+    pub fn structured(
+        model: String,
+        system: String,
+        user: String,
+        schema: OutputSchema,
+        max_tokens: u32,
+        temperature: f32,
+    ) -> Self {
+        Self {
+            model,
+            system,
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: user,
+            }],
+            schema: Some(schema),
+            max_tokens,
+            temperature,
+        }
+    }
+}
+
 /// What the model used, as the vendor reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {

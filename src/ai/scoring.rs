@@ -19,6 +19,7 @@ use crate::ai::prompts::{Prompts, lead_json};
 use crate::ai::provider::{ChatMessage, ChatRequest, OutputSchema, Role};
 use crate::config::{ScoreMode, Settings};
 use crate::lead::{Lead, Score};
+use crate::pipeline::compose::is_invisible;
 use crate::store::Enriched;
 use crate::telemetry;
 
@@ -165,20 +166,17 @@ impl ScoringEngine {
             .prompts
             .render("score", &ctx)
             .map_err(Failure::Prompt)?;
-        let mut request = ChatRequest {
-            model: s.llm.model.clone(),
-            system: prompt.system,
-            messages: vec![ChatMessage {
-                role: Role::User,
-                content: prompt.user,
-            }],
-            schema: Some(OutputSchema {
+        let mut request = ChatRequest::structured(
+            s.llm.model.clone(),
+            prompt.system,
+            prompt.user,
+            OutputSchema {
                 name: "lead_score".into(),
                 schema: score_schema(),
-            }),
-            max_tokens: s.llm.max_output_tokens,
-            temperature: 0.0,
-        };
+            },
+            s.llm.max_output_tokens,
+            0.0,
+        );
         let mut refused: Option<String> = None;
         for _ in 0..2 {
             let reply = client
@@ -332,9 +330,7 @@ pub fn score_schema() -> Value {
 pub fn plain_text(text: &str, max: usize) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .filter(|c| {
-            !matches!(*c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-        })
+        .filter(|c| !is_invisible(*c))
         .take(max)
         .collect::<String>()
         .trim()

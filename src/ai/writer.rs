@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 use crate::ai::answer::find_object;
 use crate::ai::client::{CallError, LlmCall, LlmClient, Purpose};
 use crate::ai::prompts::{Prompts, data_json, lead_json, redact_contacts};
-use crate::ai::provider::{ChatMessage, ChatRequest, OutputSchema, Role};
+use crate::ai::provider::{ChatRequest, OutputSchema};
 use crate::ai::scoring::plain_text;
 use crate::config::Settings;
-use crate::pipeline::compose::ComposeInput;
+use crate::pipeline::compose::{ComposeInput, is_invisible};
 use crate::pipeline::{Channel, Draft};
 use crate::telemetry;
 
@@ -117,20 +117,17 @@ impl Writer {
             Ok(p) => p,
             Err(_) => return keep("prompt_error", calls, None),
         };
-        let request = ChatRequest {
-            model: s.llm.model.clone(),
-            system: prompt.system,
-            messages: vec![ChatMessage {
-                role: Role::User,
-                content: prompt.user,
-            }],
-            schema: Some(OutputSchema {
+        let request = ChatRequest::structured(
+            s.llm.model.clone(),
+            prompt.system,
+            prompt.user,
+            OutputSchema {
                 name: "lead_message".into(),
                 schema: message_schema(),
-            }),
-            max_tokens: s.llm.max_output_tokens,
-            temperature: 0.4,
-        };
+            },
+            s.llm.max_output_tokens,
+            0.4,
+        );
         let version = Some(prompt.version.clone());
         let reply = match self
             .client
@@ -205,20 +202,17 @@ impl Writer {
         let Ok(prompt) = self.prompts.render("judge", &ctx) else {
             return Verdict::Unavailable("prompt_error");
         };
-        let request = ChatRequest {
+        let request = ChatRequest::structured(
             model,
-            system: prompt.system,
-            messages: vec![ChatMessage {
-                role: Role::User,
-                content: prompt.user,
-            }],
-            schema: Some(OutputSchema {
+            prompt.system,
+            prompt.user,
+            OutputSchema {
                 name: "draft_verdict".into(),
                 schema: verdict_schema(),
-            }),
-            max_tokens: 300,
-            temperature: 0.0,
-        };
+            },
+            300,
+            0.0,
+        );
         let reply = match self
             .client
             .call(Purpose::Judge, &prompt.version, &request, calls)
@@ -305,9 +299,7 @@ fn normalise_body(body: &str) -> String {
         .replace("\r\n", "\n")
         .chars()
         .filter(|c| *c == '\n' || !c.is_control())
-        .filter(|c| {
-            !matches!(*c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-        })
+        .filter(|c| !is_invisible(*c))
         .collect();
     let mut out = String::new();
     let mut blank = 0;

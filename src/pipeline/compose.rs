@@ -256,15 +256,17 @@ impl Composer {
 /// The lead's own text without control characters, bidirectional overrides or zero-width
 /// characters, which could garble or disguise a Slack alert or an SMS.
 fn plain(text: &str) -> String {
-    let hidden = |c: &char| {
-        c.is_control()
-            || matches!(*c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-    };
     text.chars()
-        .filter(|c| !hidden(c))
+        .filter(|c| !c.is_control() && !is_invisible(*c))
         .collect::<String>()
         .trim()
         .to_owned()
+}
+
+/// Zero-width characters and bidirectional overrides: text that can disguise what a reader
+/// sees. Used for lead text here and for model text in `ai::writer` and `ai::scoring`.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Splits `Subject: …` off the first line of an email template's output.
